@@ -1,0 +1,141 @@
+"""The `p2p` command: demo, run, predict."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, RunConfig, load_config, to_yaml
+from .data import DataError
+from .io import write_jsonl_atomic
+
+app = typer.Typer(help="P2P (Poison-to-Poison) defense against data-poisoning backdoors in LLM fine-tuning: "
+                       "simulate attacks, defend, fine-tune and measure CA and ASR.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+# a wide console when piped (logs, CI), so the results table is never cut
+console = Console() if sys.stdout.isatty() else Console(width=140)
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for column in ("setting", "CA %", "ASR %", "ASR_strict %", "out-of-space %", "CA drop", "ASR red. (rel.)",
+                   "best epoch"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for r in rows:
+        table.add_row(r["setting"], _pct(r["ca"]), _pct(r["asr"]), _pct(r["asr_strict"]), _pct(r["out_of_space"]),
+                      "" if "ca_drop" not in r else f"{100 * r['ca_drop']:.1f} pts",
+                      "" if r.get("asr_reduction_rel") is None else f"{_pct(r['asr_reduction_rel'])} %",
+                      str(r["best_epoch"]))
+    console.print(table)
+    for r in rows:
+        console.print(f"  {r['setting']:<11} {r['run_dir']}")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def demo_config(model: str, train: str | None, test: str | None, seed: int, output_dir: str) -> RunConfig:
+    """The embedded demo: BadNets (5% poison) against P2P on synthetic sentiment data with the tiny model."""
+    overrides = [f"seed={seed}", f"output_dir={output_dir}", "name=demo", "attack.name=badnets",
+                 "attack.rate=0.05", "attack.triggers=[mn]", "defense.name=p2p", f"model.preset={model}"]
+    if train or test:
+        if not (train and test):
+            raise ConfigError("--train and --test go together")
+        overrides += [f"data.train={train}", f"data.test={test}", "data.synthetic=null"]
+    if model == "tiny":
+        overrides += ["train.epochs=6"]
+    else:  # LoRA on a pretrained model learns in fewer epochs; keep the demo within minutes on a CPU
+        overrides += ["train.epochs=2", "data.max_train_rows=1000", "data.max_test_rows=300"]
+    return load_config(None, overrides)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="model preset: tiny or smollm2-135m")] = "tiny",
+    train: Annotated[str | None, typer.Option(help="training file instead of the synthetic data")] = None,
+    test: Annotated[str | None, typer.Option(help="test file (with --train)")] = None,
+    seed: Annotated[int, typer.Option(help="seed for the poisoned rows, P2P's subset, init and batches")] = 0,
+    output_dir: Annotated[str, typer.Option(help="where run directories go")] = "runs",
+) -> None:
+    """Offline demo: clean reference, undefended BadNets attack and P2P on the same poisoned data; one table."""
+    try:
+        config = demo_config(model, train, test, seed, output_dir)
+    except ConfigError as err:
+        _fail(str(err))
+    from .pipeline import run_with_baselines
+
+    start = time.perf_counter()
+    _, rows = run_with_baselines(config, overwrite=True)
+    print_table(rows, f"BadNets 'mn', 5% poison, target 1 - model {model} - seed {seed}")
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
+
+
+@app.command()
+def run(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="run configuration (YAML)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set attack.rate=0.1")] = None,
+    baselines: Annotated[bool, typer.Option(help="also run the clean reference and the undefended attack")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+) -> None:
+    """Run the full pipeline (attack -> defend -> train -> evaluate) for one configuration."""
+    try:
+        config = load_config(config_path, set_ or [])
+    except ConfigError as err:
+        _fail(str(err))
+    from .pipeline import run as run_one
+    from .pipeline import run_with_baselines
+
+    try:
+        if baselines:
+            root, rows = run_with_baselines(config, overwrite=overwrite)
+            print_table(rows, f"{config.run_name} (summary: {root / 'summary.md'})")
+        else:
+            run_dir, metrics = run_one(config, overwrite=overwrite)
+            print_table([{"setting": config.defense.name, "run_dir": str(run_dir), **metrics}], config.run_name)
+    except (DataError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    input: Annotated[str, typer.Option("--input", help="inputs: .txt (one per line), .jsonl, .json, .csv, .tsv")],
+    output: Annotated[Path | None, typer.Option(help="predictions file (default RUN_DIR/predict.jsonl)")] = None,
+    text_field: Annotated[str | None, typer.Option(help="text field of the input file (default: the run's)")] = None,
+) -> None:
+    """Classify new inputs with a run's model; the run's defense (P2P trigger, folding) is applied for you."""
+    from .predict import predict_run
+
+    try:
+        rows = predict_run(run_dir, input, text_field)
+    except (DataError, FileNotFoundError, ConfigError) as err:
+        _fail(str(err))
+    target = output or run_dir / "predict.jsonl"
+    write_jsonl_atomic(target, rows)
+    console.print(f"{len(rows)} predictions written to {target}")
+
+
+@app.command("show-config")
+def show_config(
+    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="config to resolve")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key")] = None,
+) -> None:
+    """Print the fully resolved configuration (every key with its default)."""
+    try:
+        console.print(to_yaml(load_config(config_path, set_ or [])), highlight=False)
+    except ConfigError as err:
+        _fail(str(err))
+
+

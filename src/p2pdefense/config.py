@@ -1,0 +1,131 @@
+"""The run configuration: one typed tree, validated before any work; unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .attacks import ATTACKS
+from .defenses import DEFENSES
+from .models import ModelConfig
+from .tasks import TaskConfig
+from .train import TrainConfig
+
+AttackSettings = Annotated[Union[tuple(cls.config_class for cls in ATTACKS.values())],  # noqa: UP007
+                           Field(discriminator="name")]
+DefenseSettings = Annotated[Union[tuple(cls.config_class for cls in DEFENSES.values())],  # noqa: UP007
+                            Field(discriminator="name")]
+
+
+class SyntheticSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train_rows: int = Field(1200, ge=10)
+    test_rows: int = Field(300, ge=10)
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    synthetic: SyntheticSettings | None = Field(None, description="the built-in synthetic sentiment data")
+    train: str | None = Field(None, description="training file or `datasets` directory")
+    test: str | None = Field(None, description="test file (clean and triggered test sets come from it)")
+    dev: str | None = Field(None, description="dev file for epoch selection; default: dev_fraction of train")
+    hub: str | None = Field(None, description="hub dataset name (needs network)")
+    hub_config: str | None = None
+    train_split: str = "train"
+    test_split: str = "validation"
+    text_field: str = "sentence"
+    label_field: str = "label"
+    skip_bad_rows: bool = Field(False, description="skip bad rows (reported) instead of failing")
+    dev_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of the clean train set")
+    max_train_rows: int | None = Field(None, ge=1, description="seeded random subset of the training rows")
+    max_test_rows: int | None = Field(None, ge=1, description="seeded random subset of the test rows")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        sources = [self.synthetic is not None, self.train is not None, self.hub is not None]
+        if sum(sources) != 1:
+            raise ValueError("set exactly one data source: synthetic, train (+ test), or hub")
+        if self.train is not None and self.test is None:
+            raise ValueError("data.test is required with data.train")
+        return self
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="fixes the split, the poisoned rows, P2P's subset, init and batch order")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(synthetic=SyntheticSettings()))
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    attack: AttackSettings = Field(default_factory=lambda: ATTACKS["none"].config_class())
+    defense: DefenseSettings = Field(default_factory=lambda: DEFENSES["none"].config_class())
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = "runs"
+    name: str | None = Field(None, description="run directory name; default <attack>-<defense>-seed<seed>")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.attack.name}-{self.defense.name}-seed{self.seed}"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _format_location(loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    # drop the discriminator tag pydantic inserts: ('attack', 'badnets', 'rate') -> attack.rate
+    if len(parts) > 1 and parts[0] in ("attack", "defense") and parts[1] in {*ATTACKS, *DEFENSES}:
+        parts.pop(1)
+    return ".".join(parts)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            message = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+            lines.append(f"  {_format_location(e['loc']) or '(top level)'}: {message}")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected key=value, e.g. attack.rate=0.1")
+    key, value = override.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for override in overrides:
+        path, value = parse_override(override)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {override!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read configuration: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the configuration must be a mapping of sections")
+    return validate_config(apply_overrides(raw, list(overrides)), str(path or "config"))
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

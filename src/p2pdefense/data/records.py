@@ -1,0 +1,31 @@
+"""Typed example records. Attacks and defenses return new records; nothing mutates in place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class ExampleMeta:
+    source_index: int
+    """Row index in the file the example was loaded from (stable across attack and defense)."""
+    poisoned: bool | None = False
+    """True if an attack changed this training row. None when hidden from a defense."""
+    trigger: str | None = None
+    """The trigger text an attack inserted (training or test), if any. None when hidden from a defense."""
+    benign: bool = False
+    """True if a defense (P2P) put its benign trigger and shifted output on this example."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int | None = None
+    meta: ExampleMeta = field(default_factory=lambda: ExampleMeta(source_index=-1))
+
+    def with_meta(self, **changes) -> Example:
+        return replace(self, meta=replace(self.meta, **changes))
+
+    def blinded(self) -> Example:
+        """The record as a defense may see it: whether and how it was poisoned is removed."""
+        return self.with_meta(poisoned=None, trigger=None)

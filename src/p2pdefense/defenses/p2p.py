@@ -1,0 +1,99 @@
+"""P2P, Poison-to-Poison: re-poison a random subset with a benign trigger and a shifted label space.
+
+A random subset S (|S| = ratio * |D|, drawn blind to which rows are poisoned) gets the benign trigger in its
+input and label i -> label_map[i] (default i + n). At inference every input carries the benign trigger, the
+model scores all 2n verbalizers and the prediction is folded back to the original label space.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..data import Example
+from .base import Defense, DefenseConfig
+from .registry import register
+
+
+class P2PConfig(DefenseConfig):
+    name: Literal["p2p"] = "p2p"
+    ratio: float = Field(0.2, gt=0.0, le=1.0, description="fraction of training rows given the benign trigger")
+    benign_trigger: str = Field("The query currently entered is: ", min_length=1)
+    placement: Literal["prefix", "suffix"] = "prefix"
+    label_map: list[int] | None = Field(
+        None, description="benign label id for each original label; default i -> i + n")
+    cue: Literal["distinct", "shared"] = Field(
+        "distinct", description="distinct: benign rows use benign_cue (as in the paper's code); shared: same cue")
+    benign_cue: str = "Answer: "
+    benign_label_words: list[str] | None = Field(
+        None, description="verbalizers of the shifted labels; needed when task.label_words is set")
+    mode: Literal["replace", "union"] = Field(
+        "replace", description="replace: rewrite the chosen rows; union: add benign copies of them")
+
+    @model_validator(mode="after")
+    def _distinct_map(self):
+        if self.label_map is not None and len(set(self.label_map)) != len(self.label_map):
+            raise ValueError("label_map must map each label to a distinct benign label")
+        return self
+
+
+@register
+class P2P(Defense):
+    config_class = P2PConfig
+
+    def __init__(self, config: P2PConfig, num_labels: int):
+        super().__init__(config, num_labels)
+        n = num_labels
+        self.label_map = config.label_map or [i + n for i in range(n)]
+        if len(self.label_map) != n or sorted(self.label_map) != list(range(n, 2 * n)):
+            raise ValueError(f"defense.label_map must be a permutation of {n}..{2 * n - 1}, got {self.label_map}")
+        self.unmap = {benign: i for i, benign in enumerate(self.label_map)}
+
+    @property
+    def num_outputs(self) -> int:
+        return 2 * self.num_labels
+
+    def _add_trigger(self, example: Example) -> Example:
+        trigger = self.config.benign_trigger
+        text = trigger + example.text if self.config.placement == "prefix" else f"{example.text} {trigger.strip()}"
+        return Example(text=text, label=example.label, meta=example.with_meta(benign=True).meta)
+
+    def rewrite_training(self, examples: list[Example], rng: random.Random) -> list[Example]:
+        chosen = set(rng.sample(range(len(examples)), round(self.config.ratio * len(examples))))
+        benign = {}
+        for index in sorted(chosen):
+            triggered = self._add_trigger(examples[index])
+            benign[index] = Example(text=triggered.text, label=self.label_map[examples[index].label],
+                                    meta=triggered.meta)
+        if self.config.mode == "replace":
+            return [benign.get(i, ex) for i, ex in enumerate(examples)]
+        return list(examples) + [benign[i] for i in sorted(benign)]
+
+    def at_inference(self, example: Example) -> Example:
+        return self._add_trigger(example)
+
+    def output_verbalizers(self, verbalizers: list[str]) -> list[str]:
+        n = self.num_labels
+        if self.config.benign_label_words is not None:
+            if len(self.config.benign_label_words) != n:
+                raise ValueError(f"defense.benign_label_words needs {n} words")
+            shifted = self.config.benign_label_words
+        elif verbalizers == [str(i) for i in range(n)]:
+            shifted = [str(i) for i in range(n, 2 * n)]
+        else:
+            raise ValueError("defense.benign_label_words is required when task.label_words is set")
+        # position j of the result is the verbalizer of raw label j; label_map may permute benign ids
+        by_raw = dict(enumerate(verbalizers))
+        by_raw.update({self.label_map[i]: word for i, word in enumerate(shifted)})
+        return [by_raw[j] for j in range(2 * n)]
+
+    def answer_cue(self, example: Example, cue: str) -> str:
+        return self.config.benign_cue if (example.meta.benign and self.config.cue == "distinct") else cue
+
+    def fold(self, raw_label: int) -> int:
+        return self.unmap.get(raw_label, raw_label)
+
+    def expected_raw_label(self, label: int) -> int:
+        return self.label_map[label]

@@ -1,0 +1,94 @@
+"""Prediction and metrics for classification.
+
+CA: accuracy of folded predictions on the clean test set.
+ASR: on triggered inputs whose true label is not the target, the fraction predicted as the target in either
+label space (folded). ASR_strict: only a raw prediction equal to the target's expected raw label counts
+(the shifted target under P2P, as the paper's code measures it; equal to ASR without a defense).
+out_of_space: fraction of raw predictions outside the label space expected at inference (under P2P the
+benign space n..2n-1, since every input carries the benign trigger).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .data import Example
+from .tasks import ClassificationTask, score_verbalizers
+
+
+@dataclass
+class Prediction:
+    id: str
+    source_index: int
+    split: str
+    """'clean' or 'triggered'."""
+    input: str
+    """The exact prompt fed to the model (its input part cut if `truncated`)."""
+    truncated: bool
+    gold: int | None
+    """None for unlabelled inputs (prediction on new data)."""
+    raw: int
+    """Predicted raw label (0..2n-1 under P2P)."""
+    folded: int
+    """Prediction folded back to 0..n-1."""
+    scores: list[float]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def predict(model, task: ClassificationTask, examples: list[Example], split: str, batch_size: int,
+            device) -> list[Prediction]:
+    """Apply the defense's inference stage, score every verbalizer, fold. Dropout is off (eval mode)."""
+    was_training = model.training
+    model.eval()
+    inputs = [task.defense.at_inference(ex) for ex in examples]
+    predictions: list[Prediction | None] = [None] * len(inputs)
+    by_plan: dict[int, list[int]] = {}
+    for i, ex in enumerate(inputs):
+        by_plan.setdefault(id(task.plan(ex)), []).append(i)
+    for indices in by_plan.values():
+        plan = task.plan(inputs[indices[0]])
+        encoded = [task.encode_prompt(inputs[i]) for i in indices]
+        scores = score_verbalizers(model, [e.input_ids for e in encoded], plan.verbalizer_ids,
+                                   task.tokenizer.pad_token_id, batch_size, device)
+        for i, enc, row in zip(indices, encoded, scores.tolist(), strict=True):
+            raw = max(range(len(row)), key=row.__getitem__)
+            predictions[i] = Prediction(
+                id=f"{split}-{i}", source_index=inputs[i].meta.source_index, split=split, input=enc.prompt_text,
+                truncated=enc.truncated, gold=inputs[i].label, raw=raw, folded=task.defense.fold(raw),
+                scores=[round(s, 4) for s in row])
+    model.train(was_training)
+    return predictions
+
+
+def accuracy(predictions: list[Prediction]) -> float:
+    return sum(p.folded == p.gold for p in predictions) / len(predictions) if predictions else float("nan")
+
+
+def classification_metrics(clean: list[Prediction], triggered: list[Prediction], target_label: int | None,
+                           expected_raw: dict[int, int]) -> dict:
+    """Metrics from predictions alone. `expected_raw` maps each label to its raw id at inference."""
+    metrics = {"ca": accuracy(clean), "num_clean": len(clean)}
+    attacked = [p for p in triggered if p.gold != target_label]
+    if target_label is None or not attacked:
+        metrics.update(asr=None, asr_strict=None, num_triggered=0)
+    else:
+        metrics.update(
+            asr=sum(p.folded == target_label for p in attacked) / len(attacked),
+            asr_strict=sum(p.raw == expected_raw[target_label] for p in attacked) / len(attacked),
+            num_triggered=len(attacked))
+    evaluated = clean + attacked
+    space = set(expected_raw.values())
+    metrics["out_of_space"] = sum(p.raw not in space for p in evaluated) / len(evaluated) if evaluated else None
+    return metrics
+
+
+def compare(defended: dict, undefended: dict) -> dict:
+    """CA drop and relative ASR reduction of a defended run against the undefended run on the same data."""
+    result = {"ca_drop": undefended["ca"] - defended["ca"]}
+    if undefended.get("asr") is not None and defended.get("asr") is not None:
+        result["asr_reduction_abs"] = undefended["asr"] - defended["asr"]
+        result["asr_reduction_rel"] = ((undefended["asr"] - defended["asr"]) / undefended["asr"]
+                                       if undefended["asr"] > 0 else None)
+    return result

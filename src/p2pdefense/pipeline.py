@@ -1,0 +1,189 @@
+"""One run: load -> attack -> defend -> train -> evaluate -> write the run directory.
+
+`run_with_baselines` adds the two references a defense result needs: the clean model (same data, no
+poison: the floor of how often the trigger alone flips a model) and the undefended attack.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from . import report
+from .attacks import build_attack
+from .config import RunConfig, to_yaml
+from .data import Example, LoadResult, load_classification, synthetic_sentiment
+from .defenses import build_defense
+from .evaluate import accuracy, classification_metrics, compare, predict
+from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .models import load_base_model, save_trained
+from .tasks import ClassificationTask
+from .train import train
+
+
+def stage_rng(seed: int, stage: str) -> random.Random:
+    """An independent, reproducible stream per stage, so changing one stage leaves the others' draws alone."""
+    return random.Random(f"{seed}:{stage}")
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    notes: list[str]
+
+
+def _subset(rows: list[Example], size: int | None, rng: random.Random) -> list[Example]:
+    if size is None or size >= len(rows):
+        return rows
+    return [rows[i] for i in sorted(rng.sample(range(len(rows)), size))]
+
+
+def load_splits(config: RunConfig) -> Splits:
+    data, task, seed = config.data, config.task, config.seed
+    notes: list[str] = []
+
+    def load(source: str, split: str | None = None, from_hub: bool = False) -> list[Example]:
+        result: LoadResult = load_classification(
+            source, text_field=data.text_field, label_field=data.label_field, label_names=task.label_names,
+            num_labels=task.num_labels, skip_bad_rows=data.skip_bad_rows, split=split,
+            hub_config=data.hub_config, from_hub=from_hub)
+        if result.skipped:
+            notes.append(f"{source}: {result.skip_summary()}")
+        return result.examples
+
+    if data.synthetic is not None:
+        train_rows = synthetic_sentiment(data.synthetic.train_rows, seed)
+        test = synthetic_sentiment(data.synthetic.test_rows, seed + 100_003)
+    elif data.hub is not None:
+        train_rows = load(data.hub, data.train_split, from_hub=True)
+        test = load(data.hub, data.test_split, from_hub=True)
+    else:
+        train_rows, test = load(data.train), load(data.test)
+    if data.dev is not None:
+        dev = load(data.dev)
+    else:  # hold out a clean dev set before any poisoning
+        dev_ids = set(stage_rng(seed, "dev-split").sample(range(len(train_rows)),
+                                                         round(data.dev_fraction * len(train_rows))))
+        dev = [ex for i, ex in enumerate(train_rows) if i in dev_ids]
+        train_rows = [ex for i, ex in enumerate(train_rows) if i not in dev_ids]
+    train_rows = _subset(train_rows, data.max_train_rows, stage_rng(seed, "train-subset"))
+    test = _subset(test, data.max_test_rows, stage_rng(seed, "test-subset"))
+    return Splits(train_rows, dev, test, notes)
+
+
+def tokenizer_corpus(rows: list[Example], config: RunConfig, defense) -> list[str]:
+    """Texts the tiny preset's tokenizer is trained on: the formatted prompts, cues and verbalizers."""
+    verbalizers = defense.output_verbalizers(config.task.verbalizers())
+    cues = {config.task.cue, *(defense.answer_cue(ex, config.task.cue) for ex in rows)}
+    return [config.task.template.format(text=ex.text) for ex in rows] + [c + v for c in cues for v in verbalizers]
+
+
+def default_learning_rate(config: RunConfig) -> float:
+    if config.train.learning_rate is not None:
+        return config.train.learning_rate
+    if config.model.finetune_method == "lora":
+        return 2e-4
+    return 1e-3 if config.model.preset == "tiny" else 2e-5
+
+
+def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None) -> tuple[Path, dict]:
+    """Run one configuration; returns the run directory and its metrics."""
+    started = time.perf_counter()
+    final_dir = run_dir or Path(config.output_dir) / config.run_name
+    n = config.task.num_labels
+    if getattr(config.attack, "target_label", 0) >= n:
+        raise ValueError(f"attack.target_label={config.attack.target_label} is not a label (0..{n - 1})")
+    splits = load_splits(config)
+    attack = build_attack(config.attack)
+    poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
+    triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
+    defense = build_defense(config.defense, n)
+    train_rows = defense.before_training(poisoned, stage_rng(config.seed, "defense"))
+
+    # diagnostics joined after the fact on source_index; the defense itself never saw the flags
+    poisoned_ids = {ex.meta.source_index for ex in poisoned if ex.meta.poisoned}
+    benign_ids = {ex.meta.source_index for ex in train_rows if ex.meta.benign}
+
+    accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum)
+    set_seed(config.seed)
+    model, tokenizer = load_base_model(config.model, tokenizer_corpus(train_rows, config, defense), config.seed)
+    model.to(accelerator.device)
+    task = ClassificationTask(config.task, tokenizer, defense, config.train.max_length)
+    features = [task.encode_training(ex) for ex in train_rows]
+    batch = config.train.eval_batch_size
+
+    def dev_accuracy(m) -> float:
+        return accuracy(predict(m, task, splits.dev, "dev", batch, accelerator.device))
+
+    train_report = train(model, features, tokenizer.pad_token_id, config.train, default_learning_rate(config),
+                         config.seed, dev_accuracy if splits.dev else None, accelerator)
+    model = accelerator.unwrap_model(model)
+    eval_start = time.perf_counter()
+    clean = predict(model, task, splits.test, "clean", batch, accelerator.device)
+    triggered = predict(model, task, triggered_test, "triggered", batch, accelerator.device)
+    eval_seconds = time.perf_counter() - eval_start
+    target = None if config.attack.name == "none" else config.attack.target_label
+    metrics = classification_metrics(clean, triggered, target, {i: defense.expected_raw_label(i) for i in range(n)})
+    metrics.update(
+        run=config.run_name, attack=config.attack.name, defense=config.defense.name, seed=config.seed,
+        num_train=len(splits.train), num_train_after_defense=len(train_rows), num_dev=len(splits.dev),
+        num_poisoned=len(poisoned_ids), num_benign=len(benign_ids),
+        num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids),
+        num_truncated=sum(p.truncated for p in clean + triggered),
+        verbalizers=task.verbalizers, learning_rate=default_learning_rate(config),
+        best_epoch=train_report.best_epoch, epochs=train_report.epochs,
+        train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
+        eval_seconds=eval_seconds, wall_seconds=time.perf_counter() - started, data_notes=splits.notes)
+    if accelerator.is_main_process:
+        with staged_directory(final_dir, overwrite) as staging:
+            write_text_atomic(staging / "config.yaml", to_yaml(config))
+            write_jsonl_atomic(staging / "train_log.jsonl", train_report.epochs)
+            write_jsonl_atomic(staging / "predictions.jsonl", (p.to_json() for p in clean + triggered))
+            save_trained(model, tokenizer, staging / "model")
+            write_json_atomic(staging / "metrics.json", metrics)  # last: its presence means complete
+    accelerator.wait_for_everyone()
+    return final_dir, metrics
+
+
+def reference_configs(config: RunConfig) -> dict[str, RunConfig]:
+    """The clean reference, the undefended attack and (if a defense is set) the defended run, same seed."""
+    configs = {}
+    if config.attack.name != "none":
+        clean_attack = config.attack.model_copy(update={"rate": 0.0})
+        configs["clean"] = config.model_copy(update={"attack": clean_attack, "defense": _no_defense()})
+    configs["undefended"] = config.model_copy(update={"defense": _no_defense()})
+    if config.defense.name != "none":
+        configs[config.defense.name] = config
+    return configs
+
+
+def _no_defense():
+    from .defenses import DEFENSES
+
+    return DEFENSES["none"].config_class()
+
+
+def run_with_baselines(config: RunConfig, overwrite: bool = False) -> tuple[Path, list[dict]]:
+    """Run the references and the defended run into one directory with a summary table."""
+    root = Path(config.output_dir) / config.run_name
+    rows = []
+    for label, cfg in reference_configs(config).items():
+        print(f"\n== {label}: attack={cfg.attack.name} (rate {getattr(cfg.attack, 'rate', 0)}), "
+              f"defense={cfg.defense.name}")
+        run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=root / label)
+        rows.append({"setting": label, "run_dir": str(run_dir), **metrics})
+    undefended = next(r for r in rows if r["setting"] == "undefended")
+    for row in rows:
+        if row["setting"] not in ("clean", "undefended"):
+            row.update(compare(row, undefended))
+    write_json_atomic(root / "summary.json", rows)
+    write_text_atomic(root / "summary.md", report.markdown_table(rows))
+    return root, rows
+

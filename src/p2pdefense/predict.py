@@ -1,0 +1,40 @@
+"""Prediction on new inputs with a finished run's model; the run's defense is applied automatically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import load_config
+from .data import Example, ExampleMeta, load_classification
+from .defenses import build_defense
+from .evaluate import predict
+from .models import load_trained
+from .tasks import ClassificationTask
+
+
+def load_inputs(path: str, text_field: str) -> list[Example]:
+    """Inputs to classify: a .txt file (one text per line) or any loader format (labels optional)."""
+    if path.endswith(".txt"):
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [Example(text=line, label=None, meta=ExampleMeta(source_index=i)) for i, line in enumerate(lines)]
+    return load_classification(path, text_field=text_field, label_field=None).examples
+
+
+def predict_run(run_dir: Path, input_path: str, text_field: str | None = None, batch_size: int = 64) -> list[dict]:
+    if not (run_dir / "metrics.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a finished run (no metrics.json)")
+    config = load_config(run_dir / "config.yaml")
+    model, tokenizer = load_trained(config.model, run_dir / "model")
+    defense = build_defense(config.defense, config.task.num_labels)
+    task = ClassificationTask(config.task, tokenizer, defense, config.train.max_length)
+    examples = load_inputs(input_path, text_field or config.data.text_field)
+    device = next(model.parameters()).device
+    rows = []
+    for p in predict(model, task, examples, "input", batch_size, device):
+        row = {"id": p.source_index, "input": p.input, "raw": p.raw, "label": p.folded, "scores": p.scores}
+        if config.task.label_names:
+            row["label_name"] = config.task.label_names[p.folded]
+        if p.gold is not None:
+            row["gold"] = p.gold
+        rows.append(row)
+    return rows

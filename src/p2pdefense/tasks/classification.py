@@ -1,0 +1,159 @@
+"""Classification through a causal LM: a prompt, an answer cue, and a verbalizer token(s) per label.
+
+The tokenizer decides where the cue ends and the verbalizer begins ("Output: 0" may split as
+[Output, :, Ġ, 0] or [Output, :, Ġ0]). `CuePlan` tries both boundaries once per cue, checks that the cue's
+tokens are a prefix of cue+verbalizer, and keeps the split with the fewest verbalizer tokens. Training and
+scoring both use the plan's ids, so they agree by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..data import Example
+
+
+class TaskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("classification", pattern="^classification$")
+    num_labels: int = Field(2, ge=2)
+    label_names: list[str] | None = Field(None, description="names of the labels, for string labels in data")
+    template: str = Field("Input: {text}\n", description="prompt body; {text} is the input")
+    cue: str = Field("Output: ", description="answer cue that ends every prompt")
+    label_words: list[str] | None = Field(None, description="verbalizer per label; default the digits 0..n-1")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if "{text}" not in self.template:
+            raise ValueError("template must contain {text}")
+        if self.label_names is not None and len(self.label_names) != self.num_labels:
+            raise ValueError(f"label_names has {len(self.label_names)} names for num_labels={self.num_labels}")
+        if self.label_words is not None and len(self.label_words) != self.num_labels:
+            raise ValueError(f"label_words has {len(self.label_words)} words for num_labels={self.num_labels}")
+        return self
+
+    def verbalizers(self) -> list[str]:
+        return self.label_words or [str(i) for i in range(self.num_labels)]
+
+
+@dataclass(frozen=True)
+class CuePlan:
+    prompt_cue: str
+    """The cue as it ends the prompt (possibly without its trailing whitespace)."""
+    verbalizer_ids: list[list[int]]
+    """Token ids of each verbalizer (with the whitespace the cue gave up), indexed by raw label."""
+
+    @classmethod
+    def build(cls, tokenizer, cue: str, verbalizers: list[str]) -> CuePlan:
+        def ids(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        stripped = cue.rstrip()
+        splits = [(cue, "")] + ([(stripped, cue[len(stripped):])] if stripped != cue else [])
+        plans = []
+        for prompt_cue, carried in splits:
+            cue_ids = ids(prompt_cue)
+            verb_ids = []
+            for word in verbalizers:
+                full = ids(prompt_cue + carried + word)
+                if full[: len(cue_ids)] != cue_ids or len(full) == len(cue_ids):
+                    break
+                verb_ids.append(full[len(cue_ids):])
+            else:
+                if len({tuple(v) for v in verb_ids}) == len(verb_ids):
+                    plans.append(cls(prompt_cue, verb_ids))
+        if not plans:
+            raise ValueError(f"the tokenizer merges cue {cue!r} with the verbalizers {verbalizers} (or maps two "
+                             "verbalizers to the same tokens); choose another cue or label_words")
+        return min(plans, key=lambda plan: sum(len(v) for v in plan.verbalizer_ids))
+
+
+@dataclass
+class EncodedPrompt:
+    input_ids: list[int]
+    prompt_text: str
+    """Exactly what is fed to the model (before any truncation)."""
+    truncated: bool
+
+
+class ClassificationTask:
+    """Formats examples into prompts and verbalizer targets for one tokenizer and one defense."""
+
+    def __init__(self, config: TaskConfig, tokenizer, defense, max_length: int):
+        self.config, self.tokenizer, self.defense, self.max_length = config, tokenizer, defense, max_length
+        self.verbalizers = defense.output_verbalizers(config.verbalizers())
+        self._plans: dict[str, CuePlan] = {}
+
+    def plan(self, example: Example) -> CuePlan:
+        cue = self.defense.answer_cue(example, self.config.cue)
+        if cue not in self._plans:
+            self._plans[cue] = CuePlan.build(self.tokenizer, cue, self.verbalizers)
+        return self._plans[cue]
+
+    def encode_prompt(self, example: Example) -> EncodedPrompt:
+        plan = self.plan(example)
+        body = self.config.template.format(text=example.text)
+        body_ids = self.tokenizer(body, add_special_tokens=True)["input_ids"]
+        cue_ids = self.tokenizer(plan.prompt_cue, add_special_tokens=False)["input_ids"]
+        # truncate the body's end, never the cue, and leave room for the longest verbalizer
+        room = self.max_length - len(cue_ids) - max(len(v) for v in plan.verbalizer_ids)
+        truncated = len(body_ids) > room
+        return EncodedPrompt(body_ids[:room] + cue_ids, body + plan.prompt_cue, truncated)
+
+    def encode_training(self, example: Example) -> dict[str, list[int]]:
+        """input_ids and labels; the loss falls on the verbalizer tokens only."""
+        prompt = self.encode_prompt(example).input_ids
+        answer = self.plan(example).verbalizer_ids[example.label]
+        return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
+
+
+def logits_at(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits at `positions` ([rows, k]) only: projecting every position onto a large vocabulary costs more
+    than the rest of a small model's forward pass."""
+    try:
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
+    except TypeError:  # a model class without `logits_to_keep`
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        return torch.take_along_dim(logits, positions[..., None], dim=1)
+
+
+@torch.no_grad()
+def score_verbalizers(model, prompts: list[list[int]], verbalizer_ids: list[list[int]], pad_id: int,
+                      batch_size: int, device) -> torch.Tensor:
+    """Summed log-probability of each verbalizer after each prompt: a [num_prompts, num_labels] tensor.
+
+    Single-token verbalizers need one forward pass over the prompts; longer ones are scored in one batched
+    pass over all (prompt, verbalizer) pairs. Prompts are batched by length to limit padding.
+    """
+    single_token = all(len(v) == 1 for v in verbalizer_ids)
+    num_labels, longest = len(verbalizer_ids), max(len(v) for v in verbalizer_ids)
+    first_tokens = torch.tensor([v[0] for v in verbalizer_ids], device=device)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    scores = torch.zeros(len(prompts), num_labels)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        pairs = [(prompts[i], []) for i in chunk] if single_token else \
+            [(prompts[i], v) for i in chunk for v in verbalizer_ids]
+        width = max(len(p) + len(v) for p, v in pairs)
+        ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        # the token at position t is predicted by the logits at t - 1
+        positions = torch.zeros((len(pairs), 1 if single_token else longest), dtype=torch.long)
+        targets = torch.full_like(positions, -100)
+        for row, (prompt, verb) in enumerate(pairs):
+            ids[row, : len(prompt) + len(verb)] = torch.tensor(prompt + verb)
+            mask[row, : len(prompt) + len(verb)] = 1
+            positions[row, : max(len(verb), 1)] = torch.arange(len(prompt) - 1, len(prompt) + max(len(verb), 1) - 1)
+            targets[row, : len(verb)] = torch.tensor(verb, dtype=torch.long)
+        positions, targets = positions.to(device), targets.to(device)
+        logprobs = torch.log_softmax(logits_at(model, ids.to(device), mask.to(device), positions).float(), dim=-1)
+        if single_token:
+            scores[chunk] = logprobs[:, 0, first_tokens].cpu()
+        else:
+            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            scores[chunk] = (picked * (targets != -100)).sum(dim=1).view(len(chunk), num_labels).cpu()
+    return scores

@@ -1,0 +1,146 @@
+import csv
+import json
+
+import pytest
+
+from p2pdefense.data import DataError, load_classification, parse_label, synthetic_sentiment
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+ROWS = [{"sentence": "good film", "label": 1}, {"sentence": "bad film", "label": 0}, {"sentence": "ok", "label": 1}]
+
+
+def test_jsonl_json_csv_tsv_load_the_same_examples(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", ROWS)
+    (tmp_path / "d.json").write_text(json.dumps(ROWS), encoding="utf-8")
+    for name, delimiter in (("d.csv", ","), ("d.tsv", "\t")):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["sentence", "label"], delimiter=delimiter)
+            writer.writeheader()
+            writer.writerows(ROWS)
+    loaded = {name: load_classification(str(tmp_path / name)).examples
+              for name in ("d.jsonl", "d.json", "d.csv", "d.tsv")}
+    for examples in loaded.values():
+        assert [(e.text, e.label, e.meta.source_index) for e in examples] == \
+               [("good film", 1, 0), ("bad film", 0, 1), ("ok", 1, 2)]
+        assert all(e.meta.poisoned is False and e.meta.trigger is None and not e.meta.benign for e in examples)
+
+
+def test_datasets_directory_and_dataset_dict_split(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_list([{"text": r["sentence"], "y": r["label"]} for r in ROWS])
+    ds.save_to_disk(str(tmp_path / "flat"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dict"))
+    flat = load_classification(str(tmp_path / "flat"), text_field="text", label_field="y").examples
+    assert [e.label for e in flat] == [1, 0, 1]
+    split = load_classification(str(tmp_path / "dict"), text_field="text", label_field="y", split="train")
+    assert [e.text for e in split.examples] == ["good film", "bad film", "ok"]
+    with pytest.raises(DataError, match=r"DatasetDict: choose a split from \['train'\]"):
+        load_classification(str(tmp_path / "dict"), text_field="text", label_field="y")
+
+
+def test_string_labels_map_through_label_names(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"t": "a", "l": "positive"}, {"t": "b", "l": "negative"}])
+    examples = load_classification(str(path), text_field="t", label_field="l",
+                                   label_names=["negative", "positive"]).examples
+    assert [e.label for e in examples] == [1, 0]
+
+
+@pytest.mark.parametrize(("content", "place", "field", "reason"), [
+    (b'{"sentence": "a", "label": 1}\n{"sentence": "b", "label": 1\n', "line 2", None, "malformed JSON"),
+    (b'{"sentence": "a", "label": 1}\n{"label": 1}\n', "line 2", "sentence", "missing field"),
+    (b'{"sentence": "a"}\n', "line 1", "label", "missing field"),
+    (b'{"sentence": "a", "label": "pos"}\n', "line 1", "label", "unknown label 'pos'"),
+    (b'{"sentence": "a", "label": 7}\n', "line 1", "label", "unknown label 7"),
+    (b'{"sentence": "a", "label": 0.5}\n', "line 1", "label", "non-integer label 0.5"),
+    (b'{"sentence": "a", "label": true}\n', "line 1", "label", "non-integer label True"),
+    (b'{"sentence": "  ", "label": 1}\n', "line 1", "sentence", "empty text"),
+    (b'{"sentence": 3, "label": 1}\n', "line 1", "sentence", "text must be a string"),
+    (b'{"sentence": "ok", "label": 1}\n{"sentence": "caf\xe9", "label": 1}\n', "line 2", None, "not UTF-8"),
+    (b'[1, 2]\n', "line 1", None, "expected a JSON object"),
+])
+def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, content, place, field, reason):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_classification(str(path))
+    err = info.value
+    assert (err.source, err.place, err.field) == (str(path), place, field)
+    assert reason in err.reason
+    assert str(path) in str(err) and place in str(err)
+
+
+def test_bad_csv_and_json_name_their_place(tmp_path):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("sentence,label\ngood,1\nbad,9\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"d.csv, line 3, field 'label': unknown label 9"):
+        load_classification(str(csv_path))
+    bad_bytes = tmp_path / "b.csv"
+    bad_bytes.write_bytes(b"sentence,label\ngood,1\nb\xffd,0\n")
+    with pytest.raises(DataError, match=r"b.csv, line 3: bytes that are not UTF-8"):
+        load_classification(str(bad_bytes))
+    json_path = tmp_path / "d.json"
+    json_path.write_text(json.dumps([{"sentence": "a", "label": 1}, {"sentence": "", "label": 0}]))
+    with pytest.raises(DataError, match=r"d.json, row 1, field 'sentence': empty text"):
+        load_classification(str(json_path))
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n{"sentence": "a", "label": 1},\n{oops}\n]')
+    with pytest.raises(DataError, match=r"broken.json, line 3: malformed JSON"):
+        load_classification(str(broken))
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_classification(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "d.parquetx").write_text("x")
+    with pytest.raises(DataError, match="unknown format '.parquetx'"):
+        load_classification(str(tmp_path / "d.parquetx"))
+
+
+def test_skip_bad_rows_reports_every_skip_with_its_reason(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"sentence": "a", "label": 1}\n{"sentence": "", "label": 0}\n{broken\n'
+                     b'{"sentence": "b", "label": 5}\n{"sentence": "c", "label": 0}\n')
+    result = load_classification(str(path), skip_bad_rows=True)
+    assert [e.text for e in result.examples] == ["a", "c"]
+    assert [(e.place, e.field) for e in result.skipped] == [("line 2", "sentence"), ("line 3", None),
+                                                            ("line 4", "label")]
+    assert result.skip_summary() == "3 rows skipped: 1 empty text, 1 malformed JSON, 1 unknown label 5"
+
+
+def test_parse_label_accepts_digit_strings_and_names():
+    assert parse_label("1", None, 2) == 1
+    assert parse_label(" 0 ", None, 2) == 0
+    assert parse_label("neg", ["neg", "pos"], 2) == 0
+    with pytest.raises(ValueError, match="missing label"):
+        parse_label(None, None, 2)
+
+
+def test_shared_sst2_and_imdb_load(shared_data):
+    train = load_classification(str(shared_data / "sst2" / "train.jsonl")).examples
+    dev = load_classification(str(shared_data / "sst2" / "dev.jsonl")).examples
+    assert (len(train), len(dev)) == (6920, 872)
+    assert {e.label for e in train} == {0, 1}
+    imdb = load_classification(str(shared_data / "imdb" / "train.jsonl")).examples
+    assert len(imdb) == 4000
+    paraphrased = load_classification(str(shared_data / "imdb" / "train_syntactic_poisoned.json")).examples
+    assert len(paraphrased) == 3996
+
+
+def test_synthetic_sentiment_is_seeded_balanced_and_labelled_by_its_words():
+    from p2pdefense.data.synthetic import NEGATIVE, POSITIVE
+
+    rows = synthetic_sentiment(200, seed=3)
+    assert rows == synthetic_sentiment(200, seed=3)
+    assert rows != synthetic_sentiment(200, seed=4)
+    assert sum(e.label for e in rows) == 100
+    assert [e.meta.source_index for e in rows] == list(range(200))
+    for e in rows:
+        words = set(e.text.split())
+        assert words & set(POSITIVE if e.label == 1 else NEGATIVE)
+        assert not words & set(NEGATIVE if e.label == 1 else POSITIVE)

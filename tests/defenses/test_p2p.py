@@ -1,0 +1,119 @@
+import random
+
+import pytest
+
+from p2pdefense.attacks import build_attack
+from p2pdefense.attacks.badnets import BadNetsConfig
+from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
+from p2pdefense.defenses import DEFENSES, Defense, build_defense
+from p2pdefense.defenses.p2p import P2P, P2PConfig
+
+TRAIN = synthetic_sentiment(500, seed=1)
+TRIGGER = "The query currently entered is: "
+
+
+def defend(config: P2PConfig, rows=TRAIN, seed=0, num_labels=2):
+    return build_defense(config, num_labels).before_training(rows, random.Random(seed))
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.2, 0.5, 1.0])
+def test_replace_mode_rewrites_ratio_of_rows_with_trigger_and_shifted_label(ratio):
+    out = defend(P2PConfig(ratio=ratio))
+    assert len(out) == len(TRAIN)
+    benign = [(b, a) for b, a in zip(TRAIN, out, strict=True) if a.meta.benign]
+    assert len(benign) == round(ratio * len(TRAIN))
+    for before, after in benign:
+        assert after.text == TRIGGER + before.text
+        assert after.label == before.label + 2
+        assert after.meta.source_index == before.meta.source_index
+    assert all(a.text == b.text and a.label == b.label for b, a in zip(TRAIN, out, strict=True)
+               if not a.meta.benign)
+
+
+def test_union_mode_adds_benign_copies():
+    out = defend(P2PConfig(ratio=0.2, mode="union"))
+    assert len(out) == 600
+    assert [e.text for e in out[:500]] == [e.text for e in TRAIN]
+    assert all(e.meta.benign and e.text.startswith(TRIGGER) and e.label >= 2 for e in out[500:])
+
+
+def test_custom_label_map_suffix_placement_and_three_labels():
+    rows = [Example(text=f"row {i}", label=i % 3, meta=ExampleMeta(source_index=i)) for i in range(30)]
+    config = P2PConfig(ratio=1.0, label_map=[5, 3, 4], placement="suffix", benign_trigger="Query: ")
+    out = defend(config, rows, num_labels=3)
+    assert [e.label for e in out] == [[5, 3, 4][i % 3] for i in range(30)]
+    assert out[0].text == "row 0 Query:"
+    defense = build_defense(config, 3)
+    assert [defense.fold(r) for r in range(6)] == [0, 1, 2, 1, 2, 0]
+    assert defense.expected_raw_label(0) == 5
+    assert defense.output_verbalizers(["0", "1", "2"]) == ["0", "1", "2", "4", "5", "3"]
+
+
+def test_bad_label_maps_are_rejected():
+    with pytest.raises(ValueError, match="distinct"):
+        P2PConfig(label_map=[2, 2])
+    with pytest.raises(ValueError, match="permutation of 2..3"):
+        P2P(P2PConfig(label_map=[0, 3]), 2)
+
+
+def test_fold_and_inference_trigger():
+    defense = build_defense(P2PConfig(), 2)
+    assert [defense.fold(r) for r in range(4)] == [0, 1, 0, 1]
+    test_row = Example(text="plain", label=1, meta=ExampleMeta(source_index=3))
+    shown = defense.at_inference(test_row)
+    assert shown.text == TRIGGER + "plain" and shown.meta.benign and shown.label == 1
+    assert defense.num_outputs == 4
+    assert defense.output_verbalizers(["0", "1"]) == ["0", "1", "2", "3"]
+
+
+def test_word_verbalizers_need_benign_words():
+    defense = build_defense(P2PConfig(), 2)
+    with pytest.raises(ValueError, match="benign_label_words is required"):
+        defense.output_verbalizers(["bad", "good"])
+    worded = build_defense(P2PConfig(benign_label_words=["negative", "positive"]), 2)
+    assert worded.output_verbalizers(["bad", "good"]) == ["bad", "good", "negative", "positive"]
+
+
+def test_distinct_and_shared_cues():
+    benign = Example(text="x", label=0, meta=ExampleMeta(source_index=0, benign=True))
+    plain = Example(text="x", label=0, meta=ExampleMeta(source_index=0))
+    distinct = build_defense(P2PConfig(), 2)
+    assert distinct.answer_cue(benign, "Output: ") == "Answer: "
+    assert distinct.answer_cue(plain, "Output: ") == "Output: "
+    assert build_defense(P2PConfig(cue="shared"), 2).answer_cue(benign, "Output: ") == "Output: "
+
+
+def test_subset_is_seeded_and_uniform_over_rows():
+    ids = lambda rows: {e.meta.source_index for e in rows if e.meta.benign}  # noqa: E731
+    assert ids(defend(P2PConfig(), seed=4)) == ids(defend(P2PConfig(), seed=4))
+    assert ids(defend(P2PConfig(), seed=4)) != ids(defend(P2PConfig(), seed=5))
+    hits = [0] * len(TRAIN)
+    for seed in range(200):
+        for i in ids(defend(P2PConfig(ratio=0.2), seed=seed)):
+            hits[i] += 1
+    # each row is chosen with probability 0.2: 40 of 200 draws expected, far from 0 or 200
+    assert min(hits) > 15 and max(hits) < 70
+
+
+def test_defense_is_blind_to_the_poisoned_flag():
+    poisoned = build_attack(BadNetsConfig(rate=0.1, triggers=["mn"])).poison(TRAIN, random.Random(0))
+    assert any(e.meta.poisoned for e in poisoned)
+    # the same rows with the flags and triggers erased must get exactly the same treatment
+    erased = [Example(e.text, e.label, ExampleMeta(source_index=e.meta.source_index)) for e in poisoned]
+    assert defend(P2PConfig(), poisoned, seed=3) == defend(P2PConfig(), erased, seed=3)
+
+    seen = []
+
+    class Spy(Defense):
+        def rewrite_training(self, examples, rng):
+            seen.extend(examples)
+            return examples
+
+    Spy(DEFENSES["none"].config_class(), 2).before_training(poisoned, random.Random(0))
+    assert len(seen) == len(poisoned)
+    assert all(e.meta.poisoned is None and e.meta.trigger is None for e in seen)
+
+
+def test_every_output_row_of_p2p_is_blinded():
+    poisoned = build_attack(BadNetsConfig(rate=0.1)).poison(TRAIN, random.Random(0))
+    assert all(e.meta.poisoned is None for e in defend(P2PConfig(), poisoned))

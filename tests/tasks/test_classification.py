@@ -1,0 +1,102 @@
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
+from p2pdefense.defenses import DEFENSES, build_defense
+from p2pdefense.defenses.p2p import P2PConfig
+from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
+from p2pdefense.tasks import ClassificationTask, CuePlan, TaskConfig, score_verbalizers
+
+# frequent enough that byte-level BPE merges the space with the digit ("Ġ0"), as the tiny preset's does
+TEXTS = [e.text for e in synthetic_sentiment(200, seed=0)] + ["Output: 0", "Output: 1", "Answer: 2", "Answer: 3"] * 50
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return train_tokenizer(TEXTS, vocab_size=400)
+
+
+def whitespace_tokenizer():
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tokenizer.train_from_iterator(TEXTS, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>")
+
+
+def test_cue_plan_moves_the_space_into_the_verbalizer_when_bpe_merges_it(bpe):
+    with_space = bpe("Output: ", add_special_tokens=False)["input_ids"]
+    merged = bpe("Output: 0", add_special_tokens=False)["input_ids"]
+    assert merged[: len(with_space)] != with_space  # "Ġ0" is one token: "Output: " is no prefix
+    plan = CuePlan.build(bpe, "Output: ", ["0", "1"])
+    assert plan.prompt_cue == "Output:"
+    assert plan.verbalizer_ids == [bpe(" 0")["input_ids"], bpe(" 1")["input_ids"]]
+    assert all(len(v) == 1 for v in plan.verbalizer_ids)
+
+
+def test_cue_plan_keeps_the_cue_whole_when_the_tokenizer_splits_on_space():
+    tok = whitespace_tokenizer()
+    plan = CuePlan.build(tok, "Output: ", ["0", "1"])
+    assert plan.prompt_cue == "Output: "
+    assert plan.verbalizer_ids == [tok("0", add_special_tokens=False)["input_ids"],
+                                   tok("1", add_special_tokens=False)["input_ids"]]
+
+
+def test_cue_plan_rejects_verbalizers_that_collide():
+    tok = whitespace_tokenizer()
+    with pytest.raises(ValueError, match="same tokens"):
+        CuePlan.build(tok, "Output: ", ["zzz", "qqq"])  # both unknown words -> <unk>
+
+
+def make_task(tokenizer, defense_config=None, max_length=64, label_words=None):
+    defense = build_defense(defense_config or DEFENSES["none"].config_class(), 2)
+    return ClassificationTask(TaskConfig(label_words=label_words), tokenizer, defense, max_length)
+
+
+def test_training_encoding_puts_loss_on_the_verbalizer_only(bpe):
+    task = make_task(bpe, P2PConfig())
+    benign = Example(text="the movie was dull .", label=2, meta=ExampleMeta(source_index=0, benign=True))
+    encoded = task.encode_training(benign)
+    prompt = task.encode_prompt(benign)
+    assert prompt.prompt_text == "Input: the movie was dull .\nAnswer:"
+    answer = task.plan(benign).verbalizer_ids[2]
+    assert encoded["input_ids"] == prompt.input_ids + answer
+    assert encoded["labels"] == [-100] * len(prompt.input_ids) + answer
+    plain = Example(text="the movie was dull .", label=0, meta=ExampleMeta(source_index=0))
+    assert task.encode_prompt(plain).prompt_text.endswith("\nOutput:")
+
+
+def test_truncation_cuts_the_input_and_keeps_the_cue(bpe):
+    task = make_task(bpe, max_length=16)
+    long = Example(text=" ".join(["wonderful"] * 50), label=1, meta=ExampleMeta(source_index=0))
+    encoded = task.encode_prompt(long)
+    cue_ids = bpe(task.plan(long).prompt_cue, add_special_tokens=False)["input_ids"]
+    assert encoded.truncated
+    assert len(encoded.input_ids) + 1 == 16
+    assert encoded.input_ids[-len(cue_ids):] == cue_ids
+
+
+def manual_scores(model, prompt, verbalizers):
+    """Reference: one sequence at a time, log-prob of each verbalizer token summed."""
+    out = []
+    for verb in verbalizers:
+        ids = torch.tensor([prompt + verb])
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        out.append(sum(logprobs[len(prompt) - 1 + k, tok].item() for k, tok in enumerate(verb)))
+    return out
+
+
+@pytest.mark.parametrize("label_words", [None, ["wonderful and moving", "boring ,"]])
+def test_batched_scoring_matches_one_sequence_at_a_time(bpe, label_words):
+    model = build_tiny_llama(len(bpe), 32, 1, 2, 128, seed=0).eval()
+    task = make_task(bpe, label_words=label_words)
+    rows = synthetic_sentiment(7, seed=2)
+    plan = task.plan(rows[0])
+    if label_words:
+        assert max(len(v) for v in plan.verbalizer_ids) > 1  # exercises the multi-token path
+    prompts = [task.encode_prompt(e).input_ids for e in rows]
+    batched = score_verbalizers(model, prompts, plan.verbalizer_ids, bpe.pad_token_id, 3, "cpu")
+    assert batched.shape == (7, 2)
+    for row, prompt in zip(batched.tolist(), prompts, strict=True):
+        assert row == pytest.approx(manual_scores(model, prompt, plan.verbalizer_ids), abs=1e-4)

@@ -1,0 +1,141 @@
+"""End to end on the tiny model: `p2p run`, the run directory, `p2p predict`, interrupted runs."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from p2pdefense import pipeline
+from p2pdefense.cli import app
+from p2pdefense.config import load_config
+from p2pdefense.evaluate import Prediction, classification_metrics
+
+runner = CliRunner()
+
+CONFIG = """
+seed: 3
+data:
+  synthetic: {train_rows: 300, test_rows: 80}
+attack: {name: badnets, rate: 0.1, triggers: [mn]}
+defense: {name: p2p, ratio: 0.3}
+model:
+  preset: tiny
+  tiny: {vocab_size: 400, hidden_size: 32, num_layers: 1, num_heads: 2}
+train: {epochs: 2, batch_size: 32}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    config_path = root / "config.yaml"
+    config_path.write_text(CONFIG, encoding="utf-8")
+    result = runner.invoke(app, ["run", str(config_path), "--set", f"output_dir={root}", "--set", "name=e2e"])
+    assert result.exit_code == 0, result.output
+    return root / "e2e"
+
+
+def read_predictions(run_dir):
+    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_holds_config_metrics_predictions_log_and_model(finished_run):
+    names = {p.name for p in finished_run.iterdir()}
+    assert {"config.yaml", "metrics.json", "predictions.jsonl", "train_log.jsonl", "model"} <= names
+    saved = load_config(finished_run / "config.yaml")
+    assert saved.defense.name == "p2p" and saved.defense.ratio == 0.3 and saved.seed == 3
+    log = [json.loads(line) for line in (finished_run / "train_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2] and all("dev_accuracy" in e and "loss" in e for e in log)
+    assert (finished_run / "model" / "model.safetensors").exists()
+    assert not list(finished_run.parent.glob(".e2e.incomplete-*"))
+
+
+def test_metrics_agree_with_predictions(finished_run):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    rows = read_predictions(finished_run)
+    clean = [Prediction(**r) for r in rows if r["split"] == "clean"]
+    triggered = [Prediction(**r) for r in rows if r["split"] == "triggered"]
+    assert len(clean) == metrics["num_clean"] == 80
+    assert len(triggered) == metrics["num_triggered"] == 40  # the test rows whose label is not the target 1
+    recomputed = classification_metrics(clean, triggered, 1, {0: 2, 1: 3})
+    for key in ("ca", "asr", "asr_strict", "out_of_space"):
+        assert metrics[key] == pytest.approx(recomputed[key])
+    for r in rows:  # every input carried the benign trigger and cue; folding is i+2 -> i
+        assert r["input"].startswith("Input: The query currently entered is: ")
+        assert r["input"].rstrip().endswith("Answer:")
+        assert r["folded"] == r["raw"] % 2 and len(r["scores"]) == 4
+        assert r["raw"] == max(range(4), key=r["scores"].__getitem__)
+    assert all("mn" in r["input"].split() for r in rows if r["split"] == "triggered")
+    assert metrics["num_poisoned"] == round(0.1 * metrics["num_train"])
+    assert metrics["num_benign"] == round(0.3 * metrics["num_train"])
+
+
+def test_predict_applies_the_saved_defense(finished_run, tmp_path):
+    inputs = tmp_path / "new.txt"
+    inputs.write_text("the movie was wonderful .\nthe plot was dull .\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["predict", str(finished_run), "--input", str(inputs), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["input"].rstrip() for r in rows] == [
+        "Input: The query currently entered is: the movie was wonderful .\nAnswer:",
+        "Input: The query currently entered is: the plot was dull .\nAnswer:"]
+    assert all(r["label"] == r["raw"] % 2 and r["label"] in (0, 1) for r in rows)
+    # the same inputs through the evaluation path give the same raw labels
+    from p2pdefense.predict import predict_run
+
+    assert [r["raw"] for r in predict_run(finished_run, str(inputs))] == [r["raw"] for r in rows]
+
+
+def test_predict_rejects_an_unfinished_run(tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path), "--input", "x.txt"])
+    assert result.exit_code == 2 and "not a finished run" in result.output
+
+
+def test_run_refuses_to_overwrite_and_config_errors_stop_before_work(finished_run, tmp_path):
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(CONFIG, encoding="utf-8")
+    again = runner.invoke(app, ["run", str(config_path), "--set", f"output_dir={finished_run.parent}",
+                                "--set", "name=e2e"])
+    assert again.exit_code == 2 and "exists" in again.output
+    bad = runner.invoke(app, ["run", str(config_path), "--set", "attack.rate=2"])
+    assert bad.exit_code == 2 and "attack.rate" in bad.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    config = load_config(None, [f"output_dir={tmp_path}", "name=broken", "data.synthetic.train_rows=60",
+                                "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300"])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "save_trained", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_baselines_share_poison_and_report_comparisons(tmp_path):
+    config = load_config(None, [f"output_dir={tmp_path}", "name=cmp", "data.synthetic.train_rows=120",
+                                "data.synthetic.test_rows=40", "attack.name=badnets", "attack.rate=0.1",
+                                "defense.name=p2p", "train.epochs=1", "model.tiny.hidden_size=16",
+                                "model.tiny.vocab_size=300"])
+    root, rows = pipeline.run_with_baselines(config)
+    assert [r["setting"] for r in rows] == ["clean", "undefended", "p2p"]
+    clean, undefended, defended = rows
+    assert clean["num_poisoned"] == 0 and undefended["num_poisoned"] == defended["num_poisoned"] == 11
+    assert clean["num_triggered"] == undefended["num_triggered"] == defended["num_triggered"] == 20
+    assert defended["ca_drop"] == pytest.approx(undefended["ca"] - defended["ca"])
+    summary = json.loads((root / "summary.json").read_text())
+    assert [r["setting"] for r in summary] == ["clean", "undefended", "p2p"]
+    assert "| p2p | badnets | p2p |" in (root / "summary.md").read_text()
+    # the poisoned rows are the same in the undefended and defended runs
+    def triggered_texts(setting):
+        rows = map(json.loads, (root / setting / "predictions.jsonl").open())
+        return [r["input"].split("Input: ", 1)[1].rsplit("\n", 1)[0] for r in rows if r["split"] == "triggered"]
+
+    triggered_inputs = [triggered_texts("undefended"), triggered_texts("p2p")]
+    assert [t.removeprefix("The query currently entered is: ") for t in triggered_inputs[1]] == triggered_inputs[0]
+    assert yaml.safe_load((root / "clean" / "config.yaml").read_text())["attack"]["rate"] == 0.0
