@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 
 from . import report
@@ -183,7 +183,8 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False) -> tuple[Path
     for row in rows:
         if row["setting"] not in ("clean", "undefended"):
             row.update(compare(row, undefended))
-    write_json_atomic(root / "summary.json", rows)
-    write_text_atomic(root / "summary.md", report.markdown_table(rows))
+    if PartialState().is_main_process:  # one writer under `accelerate launch`
+        write_json_atomic(root / "summary.json", rows)
+        write_text_atomic(root / "summary.md", report.markdown_table(rows))
     return root, rows
 

@@ -90,3 +90,25 @@ def test_smollm2_preset_converts_once_then_loads_from_cache(tmp_path, monkeypatc
     start = time.perf_counter()
     load_base_model(config)
     assert time.perf_counter() - start < 10
+
+
+def test_prediction_turns_dropout_off_and_restores_the_mode(local_model_dir):
+    from p2pdefense.data import synthetic_sentiment
+    from p2pdefense.defenses import build_defense
+    from p2pdefense.defenses.p2p import P2PConfig
+    from p2pdefense.evaluate import predict
+    from p2pdefense.tasks import ClassificationTask, TaskConfig
+
+    config = ModelConfig(preset=None, name_or_path=str(local_model_dir), lora={"dropout": 0.5})
+    model, tokenizer = load_base_model(config)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    model.train()
+    task = ClassificationTask(TaskConfig(), tokenizer, build_defense(P2PConfig(), 2), 64)
+    rows = synthetic_sentiment(12, seed=0)
+    first = predict(model, task, rows, "clean", 4, "cpu")
+    second = predict(model, task, rows, "clean", 4, "cpu")
+    assert [p.scores for p in first] == [p.scores for p in second]
+    assert model.training
