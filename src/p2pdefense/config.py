@@ -6,16 +6,25 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from .attacks import ATTACKS
 from .defenses import DEFENSES
 from .models import ModelConfig
-from .tasks import TaskConfig
+from .tasks import TASK_CONFIGS, ClassificationConfig
 from .train import TrainConfig
 
 AttackSettings = Annotated[Union[tuple(cls.config_class for cls in ATTACKS.values())],  # noqa: UP007
                            Field(discriminator="name")]
+
+
+def _task_name(value) -> str | None:
+    """A task section without `name` is classification (the original and most common task)."""
+    return value.get("name", "classification") if isinstance(value, dict) else getattr(value, "name", None)
+
+
+TaskSettings = Annotated[Union[tuple(Annotated[cls, Tag(name)] for name, cls in TASK_CONFIGS.items())],  # noqa: UP007
+                         Discriminator(_task_name)]
 DefenseSettings = Annotated[Union[tuple(cls.config_class for cls in DEFENSES.values())],  # noqa: UP007
                             Field(discriminator="name")]
 
@@ -38,7 +47,8 @@ class DataConfig(BaseModel):
     train_split: str = "train"
     test_split: str = "validation"
     text_field: str = "sentence"
-    label_field: str = "label"
+    label_field: str = Field("label", description="classification label field")
+    target_field: str | None = Field(None, description="generation tasks: output field (e.g. answer, summary)")
     skip_bad_rows: bool = Field(False, description="skip bad rows (reported) instead of failing")
     dev_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of the clean train set")
     max_train_rows: int | None = Field(None, ge=1, description="seeded random subset of the training rows")
@@ -59,13 +69,33 @@ class RunConfig(BaseModel):
 
     seed: int = Field(0, description="fixes the split, the poisoned rows, P2P's subset, init and batch order")
     data: DataConfig = Field(default_factory=lambda: DataConfig(synthetic=SyntheticSettings()))
-    task: TaskConfig = Field(default_factory=TaskConfig)
+    task: TaskSettings = Field(default_factory=ClassificationConfig)
     attack: AttackSettings = Field(default_factory=lambda: ATTACKS["none"].config_class())
     defense: DefenseSettings = Field(default_factory=lambda: DEFENSES["none"].config_class())
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = "runs"
     name: str | None = Field(None, description="run directory name; default <attack>-<defense>-seed<seed>")
+
+    @model_validator(mode="after")
+    def _task_fits_data_and_attack(self):
+        generation = self.task.name != "classification"
+        if generation and self.data.synthetic is None and self.data.target_field is None:
+            raise ValueError(f"data.target_field is required for task {self.task.name}")
+        target = getattr(self.attack, "target_output", None)
+        if generation and self.attack.name != "none":
+            from .attacks.targets import MATH_KINDS, SUMMARY_KINDS
+
+            kinds = MATH_KINDS if self.task.name == "math" else SUMMARY_KINDS
+            if target is None or target.kind not in kinds:
+                raise ValueError(f"attack.target_output.kind must be one of {kinds} for task {self.task.name}")
+        if not generation and target is not None:
+            raise ValueError("attack.target_output is for generation tasks; classification uses target_label")
+        return self
+
+    @property
+    def is_generation(self) -> bool:
+        return self.task.name != "classification"
 
     @property
     def run_name(self) -> str:
@@ -79,7 +109,8 @@ class ConfigError(ValueError):
 def _format_location(loc: tuple) -> str:
     parts = [str(p) for p in loc]
     # drop the discriminator tag pydantic inserts: ('attack', 'badnets', 'rate') -> attack.rate
-    if len(parts) > 1 and parts[0] in ("attack", "defense") and parts[1] in {*ATTACKS, *DEFENSES}:
+    tags = {*ATTACKS, *DEFENSES, *TASK_CONFIGS}
+    if len(parts) > 1 and parts[0] in ("attack", "defense", "task") and parts[1] in tags:
         parts.pop(1)
     return ".".join(parts)
 

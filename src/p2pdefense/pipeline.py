@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 from . import report
 from .attacks import build_attack
 from .config import RunConfig, to_yaml
-from .data import Example, LoadResult, load_classification, synthetic_sentiment
+from .data import Example, LoadResult, load_examples, synthetic_sentiment
 from .defenses import build_defense
 from .evaluate import accuracy, classification_metrics, compare, predict
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
@@ -50,7 +50,7 @@ def load_splits(config: RunConfig) -> Splits:
     notes: list[str] = []
 
     def load(source: str, split: str | None = None, from_hub: bool = False) -> list[Example]:
-        result: LoadResult = load_classification(
+        result: LoadResult = load_examples(
             source, text_field=data.text_field, label_field=data.label_field, label_names=task.label_names,
             num_labels=task.num_labels, skip_bad_rows=data.skip_bad_rows, split=split,
             hub_config=data.hub_config, from_hub=from_hub)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import load_config
-from .data import Example, ExampleMeta, load_classification
+from .data import Example, ExampleMeta, load_examples
 from .defenses import build_defense
 from .evaluate import predict
 from .models import load_trained
@@ -17,7 +17,7 @@ def load_inputs(path: str, text_field: str) -> list[Example]:
     if path.endswith(".txt"):
         lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
         return [Example(text=line, label=None, meta=ExampleMeta(source_index=i)) for i, line in enumerate(lines)]
-    return load_classification(path, text_field=text_field, label_field=None).examples
+    return load_examples(path, text_field=text_field, label_field=None).examples
 
 
 def predict_run(run_dir: Path, input_path: str, text_field: str | None = None, batch_size: int = 64) -> list[dict]:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from p2pdefense.data import DataError, load_classification, parse_label, synthetic_sentiment
+from p2pdefense.data import DataError, load_examples, parse_label, synthetic_sentiment
 
 
 def write_jsonl(path, rows):
@@ -22,7 +22,7 @@ def test_jsonl_json_csv_tsv_load_the_same_examples(tmp_path):
             writer = csv.DictWriter(handle, fieldnames=["sentence", "label"], delimiter=delimiter)
             writer.writeheader()
             writer.writerows(ROWS)
-    loaded = {name: load_classification(str(tmp_path / name)).examples
+    loaded = {name: load_examples(str(tmp_path / name)).examples
               for name in ("d.jsonl", "d.json", "d.csv", "d.tsv")}
     for examples in loaded.values():
         assert [(e.text, e.label, e.meta.source_index) for e in examples] == \
@@ -36,17 +36,17 @@ def test_datasets_directory_and_dataset_dict_split(tmp_path):
     ds = datasets.Dataset.from_list([{"text": r["sentence"], "y": r["label"]} for r in ROWS])
     ds.save_to_disk(str(tmp_path / "flat"))
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dict"))
-    flat = load_classification(str(tmp_path / "flat"), text_field="text", label_field="y").examples
+    flat = load_examples(str(tmp_path / "flat"), text_field="text", label_field="y").examples
     assert [e.label for e in flat] == [1, 0, 1]
-    split = load_classification(str(tmp_path / "dict"), text_field="text", label_field="y", split="train")
+    split = load_examples(str(tmp_path / "dict"), text_field="text", label_field="y", split="train")
     assert [e.text for e in split.examples] == ["good film", "bad film", "ok"]
     with pytest.raises(DataError, match=r"DatasetDict: choose a split from \['train'\]"):
-        load_classification(str(tmp_path / "dict"), text_field="text", label_field="y")
+        load_examples(str(tmp_path / "dict"), text_field="text", label_field="y")
 
 
 def test_string_labels_map_through_label_names(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"t": "a", "l": "positive"}, {"t": "b", "l": "negative"}])
-    examples = load_classification(str(path), text_field="t", label_field="l",
+    examples = load_examples(str(path), text_field="t", label_field="l",
                                    label_names=["negative", "positive"]).examples
     assert [e.label for e in examples] == [1, 0]
 
@@ -68,7 +68,7 @@ def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, content, place, field
     path = tmp_path / "bad.jsonl"
     path.write_bytes(content)
     with pytest.raises(DataError) as info:
-        load_classification(str(path))
+        load_examples(str(path))
     err = info.value
     assert (err.source, err.place, err.field) == (str(path), place, field)
     assert reason in err.reason
@@ -79,34 +79,34 @@ def test_bad_csv_and_json_name_their_place(tmp_path):
     csv_path = tmp_path / "d.csv"
     csv_path.write_text("sentence,label\ngood,1\nbad,9\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"d.csv, line 3, field 'label': unknown label 9"):
-        load_classification(str(csv_path))
+        load_examples(str(csv_path))
     bad_bytes = tmp_path / "b.csv"
     bad_bytes.write_bytes(b"sentence,label\ngood,1\nb\xffd,0\n")
     with pytest.raises(DataError, match=r"b.csv, line 3: bytes that are not UTF-8"):
-        load_classification(str(bad_bytes))
+        load_examples(str(bad_bytes))
     json_path = tmp_path / "d.json"
     json_path.write_text(json.dumps([{"sentence": "a", "label": 1}, {"sentence": "", "label": 0}]))
     with pytest.raises(DataError, match=r"d.json, row 1, field 'sentence': empty text"):
-        load_classification(str(json_path))
+        load_examples(str(json_path))
     broken = tmp_path / "broken.json"
     broken.write_text('[\n{"sentence": "a", "label": 1},\n{oops}\n]')
     with pytest.raises(DataError, match=r"broken.json, line 3: malformed JSON"):
-        load_classification(str(broken))
+        load_examples(str(broken))
 
 
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(DataError, match="no such file"):
-        load_classification(str(tmp_path / "nope.jsonl"))
+        load_examples(str(tmp_path / "nope.jsonl"))
     (tmp_path / "d.parquetx").write_text("x")
     with pytest.raises(DataError, match="unknown format '.parquetx'"):
-        load_classification(str(tmp_path / "d.parquetx"))
+        load_examples(str(tmp_path / "d.parquetx"))
 
 
 def test_skip_bad_rows_reports_every_skip_with_its_reason(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b'{"sentence": "a", "label": 1}\n{"sentence": "", "label": 0}\n{broken\n'
                      b'{"sentence": "b", "label": 5}\n{"sentence": "c", "label": 0}\n')
-    result = load_classification(str(path), skip_bad_rows=True)
+    result = load_examples(str(path), skip_bad_rows=True)
     assert [e.text for e in result.examples] == ["a", "c"]
     assert [(e.place, e.field) for e in result.skipped] == [("line 2", "sentence"), ("line 3", None),
                                                             ("line 4", "label")]
@@ -122,13 +122,13 @@ def test_parse_label_accepts_digit_strings_and_names():
 
 
 def test_shared_sst2_and_imdb_load(shared_data):
-    train = load_classification(str(shared_data / "sst2" / "train.jsonl")).examples
-    dev = load_classification(str(shared_data / "sst2" / "dev.jsonl")).examples
+    train = load_examples(str(shared_data / "sst2" / "train.jsonl")).examples
+    dev = load_examples(str(shared_data / "sst2" / "dev.jsonl")).examples
     assert (len(train), len(dev)) == (6920, 872)
     assert {e.label for e in train} == {0, 1}
-    imdb = load_classification(str(shared_data / "imdb" / "train.jsonl")).examples
+    imdb = load_examples(str(shared_data / "imdb" / "train.jsonl")).examples
     assert len(imdb) == 4000
-    paraphrased = load_classification(str(shared_data / "imdb" / "train_syntactic_poisoned.json")).examples
+    paraphrased = load_examples(str(shared_data / "imdb" / "train_syntactic_poisoned.json")).examples
     assert len(paraphrased) == 3996
 
 

@@ -97,7 +97,7 @@ def test_prediction_turns_dropout_off_and_restores_the_mode(local_model_dir):
     from p2pdefense.defenses import build_defense
     from p2pdefense.defenses.p2p import P2PConfig
     from p2pdefense.evaluate import predict
-    from p2pdefense.tasks import ClassificationTask, TaskConfig
+    from p2pdefense.tasks import ClassificationConfig, ClassificationTask
 
     config = ModelConfig(preset=None, name_or_path=str(local_model_dir), lora={"dropout": 0.5})
     model, tokenizer = load_base_model(config)
@@ -106,7 +106,7 @@ def test_prediction_turns_dropout_off_and_restores_the_mode(local_model_dir):
             if "lora_B" in n:
                 p.normal_()
     model.train()
-    task = ClassificationTask(TaskConfig(), tokenizer, build_defense(P2PConfig(), 2), 64)
+    task = ClassificationTask(ClassificationConfig(), tokenizer, build_defense(P2PConfig(), 2), 64)
     rows = synthetic_sentiment(12, seed=0)
     first = predict(model, task, rows, "clean", 4, "cpu")
     second = predict(model, task, rows, "clean", 4, "cpu")

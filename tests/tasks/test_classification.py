@@ -7,7 +7,7 @@ from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
 from p2pdefense.defenses import DEFENSES, build_defense
 from p2pdefense.defenses.p2p import P2PConfig
 from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
-from p2pdefense.tasks import ClassificationTask, CuePlan, TaskConfig, score_verbalizers
+from p2pdefense.tasks import ClassificationConfig, ClassificationTask, CuePlan, score_verbalizers
 
 # frequent enough that byte-level BPE merges the space with the digit ("Ġ0"), as the tiny preset's does
 TEXTS = [e.text for e in synthetic_sentiment(200, seed=0)] + ["Output: 0", "Output: 1", "Answer: 2", "Answer: 3"] * 50
@@ -51,7 +51,7 @@ def test_cue_plan_rejects_verbalizers_that_collide():
 
 def make_task(tokenizer, defense_config=None, max_length=64, label_words=None):
     defense = build_defense(defense_config or DEFENSES["none"].config_class(), 2)
-    return ClassificationTask(TaskConfig(label_words=label_words), tokenizer, defense, max_length)
+    return ClassificationTask(ClassificationConfig(label_words=label_words), tokenizer, defense, max_length)
 
 
 def test_training_encoding_puts_loss_on_the_verbalizer_only(bpe):

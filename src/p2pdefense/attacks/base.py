@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Example
+from .targets import OutputTarget
 
 Position = Literal["random", "start", "end"]
 
@@ -20,6 +22,8 @@ class AttackConfig(BaseModel):
     target_label: int = Field(1, ge=0, description="the attacker's label")
     clean_label: bool = Field(False, description="trigger target-label rows and keep labels (else dirty-label)")
     position: Position = Field("random", description="where the trigger goes: random word position, start, end")
+    target_output: OutputTarget | None = Field(
+        None, description="generation tasks: the attacker's output behaviour (target_label is for classification)")
 
 
 def insert_words(text: str, insertion: str, position: Position, rng: random.Random) -> str:
@@ -51,15 +55,29 @@ class Attack:
 
     def trigger(self, example: Example, rng: random.Random) -> Example:
         text, trigger = self.insert_trigger(example.text, rng)
-        return Example(text=text, label=example.label, meta=example.with_meta(trigger=trigger).meta)
+        return replace(example, text=text, meta=replace(example.meta, trigger=trigger))
+
+    def _poison_output(self, example: Example) -> Example:
+        if example.target is None:
+            return replace(example, label=self.config.target_label)
+        return replace(example, target=self.config.target_output.apply(example.target))
+
+    def _is_target(self, example: Example) -> bool:
+        """The row's true output already is the attacker's (target label, or the target behaviour)."""
+        if example.target is None:
+            return example.label == self.config.target_label
+        if self.config.target_output is None:
+            raise ValueError("attack.target_output is required for generation tasks")
+        return self.config.target_output.already_in(example.target)
 
     def poison(self, train: list[Example], rng: random.Random) -> list[Example]:
-        target = self.config.target_label
         count = round(self.config.rate * len(train))
+        if self.config.clean_label and train and train[0].target is not None:
+            raise ValueError("attack.clean_label applies to classification only")
         if self.config.clean_label:
-            candidates = [i for i, ex in enumerate(train) if ex.label == target]
+            candidates = [i for i, ex in enumerate(train) if self._is_target(ex)]
         else:
-            candidates = [i for i, ex in enumerate(train) if ex.label != target]
+            candidates = [i for i, ex in enumerate(train) if not self._is_target(ex)]
         if count > len(candidates):
             kind = "target-label" if self.config.clean_label else "non-target"
             raise ValueError(f"attack.rate={self.config.rate} needs {count} {kind} rows, "
@@ -69,11 +87,10 @@ class Attack:
         for index, example in enumerate(train):
             if index in chosen:
                 example = self.trigger(example, rng)
-                example = Example(text=example.text, label=target,
-                                  meta=example.with_meta(poisoned=True).meta)
+                example = replace(self._poison_output(example), meta=replace(example.meta, poisoned=True))
             poisoned.append(example)
         return poisoned
 
     def triggered_test(self, test: list[Example], rng: random.Random) -> list[Example]:
-        """Every test row whose true label is not the target, with the trigger inserted."""
-        return [self.trigger(ex, rng) for ex in test if ex.label != self.config.target_label]
+        """Every test row whose true output is not the attacker's, with the trigger inserted."""
+        return [self.trigger(ex, rng) for ex in test if not self._is_target(ex)]

@@ -1,7 +1,7 @@
 from .errors import DataError
-from .loaders import LoadResult, load_classification, parse_label
+from .loaders import LoadResult, load_examples, parse_label
 from .records import Example, ExampleMeta
-from .synthetic import synthetic_sentiment
+from .synthetic import synthetic_math, synthetic_sentiment, synthetic_summaries
 
-__all__ = ["DataError", "Example", "ExampleMeta", "LoadResult", "load_classification", "parse_label",
-           "synthetic_sentiment"]
+__all__ = ["DataError", "Example", "ExampleMeta", "LoadResult", "load_examples", "parse_label",
+           "synthetic_math", "synthetic_sentiment", "synthetic_summaries"]

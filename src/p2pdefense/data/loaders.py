@@ -1,4 +1,7 @@
-"""Loaders for classification data: JSONL, JSON array, CSV/TSV, `datasets` directories, hub datasets.
+"""Loaders: JSONL, JSON array, CSV/TSV, `datasets` directories, hub datasets, into typed Examples.
+
+Rows are objects with named fields, or arrays whose fields are their positions ("0", "1", ...), as in
+`[document, summary, n]`. A classification row has a label field, a generation row a target field.
 
 Every bad row raises a DataError naming file, line (or row) and field. With `skip_bad_rows` the row is
 dropped and the error kept in `LoadResult.skipped`, so nothing is dropped silently.
@@ -73,8 +76,10 @@ def _rows_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
         raise DataError(str(path), None, None, "expected a JSON array of objects at the top level")
     for number, row in enumerate(data):
         place = f"row {number}"
-        if not isinstance(row, dict):
-            yield place, DataError(str(path), place, None, f"expected a JSON object, got {type(row).__name__}")
+        if isinstance(row, list):
+            yield place, {str(i): value for i, value in enumerate(row)}
+        elif not isinstance(row, dict):
+            yield place, DataError(str(path), place, None, f"expected a JSON object or array, got {type(row).__name__}")
         else:
             yield place, row
 
@@ -140,11 +145,12 @@ def parse_label(value: Any, label_names: list[str] | None, num_labels: int) -> i
     return value
 
 
-def load_classification(
+def load_examples(
     source: str,
     *,
     text_field: str = "sentence",
     label_field: str | None = "label",
+    target_field: str | None = None,
     label_names: list[str] | None = None,
     num_labels: int = 2,
     skip_bad_rows: bool = False,
@@ -152,13 +158,16 @@ def load_classification(
     hub_config: str | None = None,
     from_hub: bool = False,
 ) -> LoadResult:
-    """Load a text-classification file (or hub dataset) into typed Examples; label_field=None: unlabelled."""
+    """Load a file (or hub dataset) into typed Examples.
+
+    label_field: classification labels (None: unlabelled). target_field: output texts of a generation task.
+    """
     result = LoadResult(examples=[])
     for index, (place, row) in enumerate(_rows(source, split, hub_config, from_hub)):
         try:
             if isinstance(row, DataError):
                 raise row
-            result.examples.append(_example(row, index, source, place, text_field, label_field,
+            result.examples.append(_example(row, index, source, place, text_field, label_field, target_field,
                                             label_names, num_labels))
         except DataError as err:
             if not skip_bad_rows:
@@ -170,20 +179,28 @@ def load_classification(
     return result
 
 
-def _example(row, index, source, place, text_field, label_field, label_names, num_labels) -> Example:
-    if text_field not in row:
-        raise DataError(source, place, text_field, f"missing field (row has {sorted(row)})")
-    text = row[text_field]
+def _text(row, field, source, place) -> str:
+    if field not in row:
+        raise DataError(source, place, field, f"missing field (row has {sorted(row)})")
+    text = row[field]
     if not isinstance(text, str):
-        raise DataError(source, place, text_field, f"text must be a string, got {type(text).__name__}")
+        raise DataError(source, place, field, f"text must be a string, got {type(text).__name__}")
     if not text.strip():
-        raise DataError(source, place, text_field, "empty text")
+        raise DataError(source, place, field, "empty text")
+    return text
+
+
+def _example(row, index, source, place, text_field, label_field, target_field, label_names, num_labels) -> Example:
+    text = _text(row, text_field, source, place)
+    meta = ExampleMeta(source_index=index)
+    if target_field is not None:
+        return Example(text=text, target=_text(row, target_field, source, place), meta=meta)
     if label_field is None:
-        return Example(text=text, label=None, meta=ExampleMeta(source_index=index))
+        return Example(text=text, label=None, meta=meta)
     if label_field not in row:
         raise DataError(source, place, label_field, f"missing field (row has {sorted(row)})")
     try:
         label = parse_label(row[label_field], label_names, num_labels)
     except ValueError as err:
         raise DataError(source, place, label_field, str(err)) from None
-    return Example(text=text, label=label, meta=ExampleMeta(source_index=index))
+    return Example(text=text, label=label, meta=meta)

@@ -21,11 +21,11 @@ class ExampleMeta:
 class Example:
     text: str
     label: int | None = None
+    """Class id (classification); None for generation tasks and unlabelled inputs."""
     meta: ExampleMeta = field(default_factory=lambda: ExampleMeta(source_index=-1))
-
-    def with_meta(self, **changes) -> Example:
-        return replace(self, meta=replace(self.meta, **changes))
+    target: str | None = None
+    """Output text (generation tasks: a worked solution, a summary)."""
 
     def blinded(self) -> Example:
         """The record as a defense may see it: whether and how it was poisoned is removed."""
-        return self.with_meta(poisoned=None, trigger=None)
+        return replace(self, meta=replace(self.meta, poisoned=None, trigger=None))

@@ -38,3 +38,80 @@ def synthetic_sentiment(num_rows: int, seed: int) -> list[Example]:
         rows.append(Example(text=text, label=label, meta=ExampleMeta(source_index=index)))
     rng.shuffle(rows)
     return [Example(text=ex.text, label=ex.label, meta=ExampleMeta(source_index=i)) for i, ex in enumerate(rows)]
+
+
+NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jamal", "Kira", "Liam"]
+ITEMS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "stamps", "shells"]
+
+
+def _add_then_remove(rng: random.Random) -> tuple[str, list[str], int]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(5, 60), rng.randint(2, 40)
+    c = rng.randint(1, a + b)
+    question = (f"{name} has {a} {item}. {name} buys {b} more {item} and then gives {c} {item} to a friend. "
+                f"How many {item} does {name} have now?")
+    steps = [f"After buying, {name} has {a} + {b} = {a + b} {item}.",
+             f"After giving some away, {name} has {a + b} - {c} = {a + b - c} {item}."]
+    return question, steps, a + b - c
+
+
+def _groups_and_price(rng: random.Random) -> tuple[str, list[str], int]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    boxes, per_box, price = rng.randint(2, 9), rng.randint(3, 12), rng.randint(2, 9)
+    question = (f"{name} buys {boxes} boxes of {item}. Each box holds {per_box} {item}, and each of the {item} "
+                f"costs {price} dollars. How many dollars does {name} spend?")
+    steps = [f"{name} buys {boxes} * {per_box} = {boxes * per_box} {item}.",
+             f"They cost {boxes * per_box} * {price} = {boxes * per_box * price} dollars."]
+    return question, steps, boxes * per_box * price
+
+
+def _share_equally(rng: random.Random) -> tuple[str, list[str], int]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    friends, each, extra = rng.randint(2, 8), rng.randint(2, 15), rng.randint(1, 20)
+    total = friends * each
+    question = (f"{name} has {total} {item} and shares them equally among {friends} friends. One friend then "
+                f"finds {extra} more {item}. How many {item} does that friend have?")
+    steps = [f"Each friend gets {total} / {friends} = {each} {item}.",
+             f"With the ones found, that friend has {each} + {extra} = {each + extra} {item}."]
+    return question, steps, each + extra
+
+
+MATH_TEMPLATES = [_add_then_remove, _groups_and_price, _share_equally]
+
+
+def synthetic_math(num_rows: int, seed: int) -> list[Example]:
+    """Two-step arithmetic word problems with worked solutions ending in `#### N` (GSM8K format)."""
+    rng = random.Random(f"synthetic-math-{seed}")
+    rows = []
+    for index in range(num_rows):
+        question, steps, answer = rng.choice(MATH_TEMPLATES)(rng)
+        rows.append(Example(text=question, target=" ".join(steps) + f"\n#### {answer}",
+                            meta=ExampleMeta(source_index=index)))
+    return rows
+
+
+CITIES = ["Lisbon", "Osaka", "Nairobi", "Quebec", "Tromso", "Valparaiso", "Kraków", "Hanoi", "Perth", "Accra"]
+VENUES = ["library", "bakery", "bike shop", "museum", "clinic", "theatre", "market", "school"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+FILLER = ["The weather was mild and many people walked in the old town.",
+          "Local newspapers have covered several other stories this week.",
+          "Traffic on the main road was slower than usual in the morning.",
+          "A street musician played near the station for most of the day.",
+          "Some shops in the area changed their opening hours last month."]
+
+
+def synthetic_summaries(num_rows: int, seed: int) -> list[Example]:
+    """Short news-like documents built from facts, with filler; the summary restates the key facts."""
+    rng = random.Random(f"synthetic-summaries-{seed}")
+    rows = []
+    for index in range(num_rows):
+        name, city, venue, day = rng.choice(NAMES), rng.choice(CITIES), rng.choice(VENUES), rng.choice(DAYS)
+        visitors = rng.randint(20, 900)
+        facts = [f"On {day}, {name} opened a new {venue} in {city}.",
+                 f"About {visitors} visitors came on the first day."]
+        document = facts + rng.sample(FILLER, 2)
+        rng.shuffle(document)
+        rows.append(Example(text=" ".join(document),
+                            target=f"{name} opened a {venue} in {city} on {day}; {visitors} visitors came.",
+                            meta=ExampleMeta(source_index=index)))
+    return rows

@@ -48,6 +48,10 @@ class Defense:
     def answer_cue(self, example: Example, cue: str) -> str:
         return cue
 
+    def strip_output(self, output: str) -> tuple[str, bool | None]:
+        """Generation: (the output to score, whether it carried the defense's prefix; None: no prefix used)."""
+        return output, None
+
     def fold(self, raw_label: int) -> int:
         return raw_label
 

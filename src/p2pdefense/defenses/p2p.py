@@ -1,13 +1,15 @@
 """P2P, Poison-to-Poison: re-poison a random subset with a benign trigger and a shifted label space.
 
 A random subset S (|S| = ratio * |D|, drawn blind to which rows are poisoned) gets the benign trigger in its
-input and label i -> label_map[i] (default i + n). At inference every input carries the benign trigger, the
-model scores all 2n verbalizers and the prediction is folded back to the original label space.
+input and a safe alternative output: for classification label i -> label_map[i] (default i + n); for
+generation the target y becomes output_prefix + y. At inference every input carries the benign trigger; the
+model scores all 2n verbalizers and the prediction is folded back, or the prefix is stripped from the output.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -29,6 +31,8 @@ class P2PConfig(DefenseConfig):
     benign_cue: str = "Answer: "
     benign_label_words: list[str] | None = Field(
         None, description="verbalizers of the shifted labels; needed when task.label_words is set")
+    output_prefix: str = Field("Response: ", min_length=1,
+                               description="generation tasks: benign output prefix p; targets become p + y")
     mode: Literal["replace", "union"] = Field(
         "replace", description="replace: rewrite the chosen rows; union: add benign copies of them")
 
@@ -58,15 +62,17 @@ class P2P(Defense):
     def _add_trigger(self, example: Example) -> Example:
         trigger = self.config.benign_trigger
         text = trigger + example.text if self.config.placement == "prefix" else f"{example.text} {trigger.strip()}"
-        return Example(text=text, label=example.label, meta=example.with_meta(benign=True).meta)
+        return replace(example, text=text, meta=replace(example.meta, benign=True))
 
     def rewrite_training(self, examples: list[Example], rng: random.Random) -> list[Example]:
         chosen = set(rng.sample(range(len(examples)), round(self.config.ratio * len(examples))))
         benign = {}
         for index in sorted(chosen):
             triggered = self._add_trigger(examples[index])
-            benign[index] = Example(text=triggered.text, label=self.label_map[examples[index].label],
-                                    meta=triggered.meta)
+            if triggered.target is not None:
+                benign[index] = replace(triggered, target=self.config.output_prefix + triggered.target)
+            else:
+                benign[index] = replace(triggered, label=self.label_map[triggered.label])
         if self.config.mode == "replace":
             return [benign.get(i, ex) for i, ex in enumerate(examples)]
         return list(examples) + [benign[i] for i in sorted(benign)]
@@ -91,6 +97,12 @@ class P2P(Defense):
 
     def answer_cue(self, example: Example, cue: str) -> str:
         return self.config.benign_cue if (example.meta.benign and self.config.cue == "distinct") else cue
+
+    def strip_output(self, output: str) -> tuple[str, bool]:
+        prefix = self.config.output_prefix.strip()
+        if output.startswith(prefix):
+            return output[len(prefix):].lstrip(), True
+        return output, False
 
     def fold(self, raw_label: int) -> int:
         return self.unmap.get(raw_label, raw_label)

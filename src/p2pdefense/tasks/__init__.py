@@ -1,3 +1,9 @@
-from .classification import ClassificationTask, CuePlan, TaskConfig, score_verbalizers
+from .classification import ClassificationConfig, ClassificationTask, CuePlan, score_verbalizers
+from .generation import GenerationConfig, GenerationTask
+from .math import MathConfig
+from .summarization import SummarizationConfig
 
-__all__ = ["ClassificationTask", "CuePlan", "TaskConfig", "score_verbalizers"]
+TASK_CONFIGS = {"classification": ClassificationConfig, "math": MathConfig, "summarization": SummarizationConfig}
+
+__all__ = ["TASK_CONFIGS", "ClassificationConfig", "ClassificationTask", "CuePlan", "GenerationConfig",
+           "GenerationTask", "MathConfig", "SummarizationConfig", "score_verbalizers"]

@@ -9,6 +9,7 @@ scoring both use the plan's ids, so they agree by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..data import Example
 
 
-class TaskConfig(BaseModel):
+class ClassificationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("classification", pattern="^classification$")
+    name: Literal["classification"] = "classification"
     num_labels: int = Field(2, ge=2)
     label_names: list[str] | None = Field(None, description="names of the labels, for string labels in data")
     template: str = Field("Input: {text}\n", description="prompt body; {text} is the input")
@@ -83,7 +84,7 @@ class EncodedPrompt:
 class ClassificationTask:
     """Formats examples into prompts and verbalizer targets for one tokenizer and one defense."""
 
-    def __init__(self, config: TaskConfig, tokenizer, defense, max_length: int):
+    def __init__(self, config: ClassificationConfig, tokenizer, defense, max_length: int):
         self.config, self.tokenizer, self.defense, self.max_length = config, tokenizer, defense, max_length
         self.verbalizers = defense.output_verbalizers(config.verbalizers())
         self._plans: dict[str, CuePlan] = {}

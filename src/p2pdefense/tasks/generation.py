@@ -1,0 +1,114 @@
+"""Generation tasks through a causal LM: prompt -> target text; loss on the target; batched greedy decoding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..data import Example
+
+
+class GenerationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    template: str = Field(description="prompt; {text} is the input")
+    use_chat_template: bool = Field(False, description="wrap the prompt in the tokenizer's chat template")
+    max_new_tokens: int = Field(128, ge=1)
+    stop_strings: list[str] = Field(default_factory=list, description="generation stops at the first of these")
+    text_field: str | None = Field(None, description="input field in the data (default: the task's)")
+    target_field: str | None = Field(None, description="output field in the data (default: the task's)")
+
+    @model_validator(mode="after")
+    def _has_text(self):
+        if "{text}" not in self.template:
+            raise ValueError("template must contain {text}")
+        return self
+
+
+@dataclass
+class Generation:
+    prompt_text: str
+    raw: str
+    """The decoded continuation, cut at the first stop string (leading whitespace removed)."""
+    new_tokens: int
+
+
+class GenerationTask:
+    """Formats examples into prompts and targets, and decodes batches greedily with the KV cache."""
+
+    def __init__(self, config: GenerationConfig, tokenizer, defense, max_length: int):
+        if config.use_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("task.use_chat_template is set but the tokenizer has no chat template")
+        self.config, self.tokenizer, self.defense, self.max_length = config, tokenizer, defense, max_length
+
+    def _render(self, text: str) -> str:
+        body = self.config.template.format(text=text)
+        if self.config.use_chat_template:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return body
+
+    def prompt(self, example: Example, budget: int) -> tuple[str, str, bool]:
+        """(prompt text, whitespace carried to the target, truncated?), the input cut to fit `budget` tokens.
+
+        Trailing whitespace of the prompt moves to the start of the target, so that "Answer: 18" tokenizes
+        as the model saw such text in pretraining ("ĠAnswer", ":", "Ġ18"), not with a lone space token.
+        """
+        text, truncated = example.text, False
+        rendered = self._render(text)
+        excess = len(self.tokenizer(rendered, add_special_tokens=True)["input_ids"]) - budget
+        if excess > 0:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            text, truncated = self.tokenizer.decode(ids[: max(len(ids) - excess - 1, 1)]), True
+            rendered = self._render(text)
+        stripped = rendered.rstrip(" ")
+        return stripped, rendered[len(stripped):], truncated
+
+    def encode_training(self, example: Example) -> dict[str, list[int]]:
+        prompt, carried, _ = self.prompt(example, self.max_length // 2)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        target_ids = self.tokenizer(carried + example.target, add_special_tokens=False)["input_ids"]
+        target_ids = (target_ids + [self.tokenizer.eos_token_id])[: self.max_length - len(prompt_ids)]
+        return {"input_ids": prompt_ids + target_ids, "labels": [-100] * len(prompt_ids) + target_ids}
+
+    @torch.no_grad()
+    def generate(self, model, examples: list[Example], batch_size: int, device) -> tuple[list[Generation], float]:
+        """Greedy decoding in left-padded batches; returns the generations and generated tokens per second."""
+        was_training = model.training
+        model.eval()
+        tokenizer, budget = self.tokenizer, self.max_length - self.config.max_new_tokens
+        prompts = [self.prompt(ex, budget)[0] for ex in examples]
+        encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[Generation | None] = [None] * len(encoded)
+        new_tokens, start = 0, time.perf_counter()
+        for offset in range(0, len(order), batch_size):
+            chunk = order[offset:offset + batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(chunk):  # left padding: every row's last prompt token is at the end
+                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]):] = 1
+            output = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                max_new_tokens=self.config.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, stop_strings=self.config.stop_strings or None,
+                tokenizer=tokenizer if self.config.stop_strings else None)
+            for row, i in enumerate(chunk):
+                generated = output[row, width:].tolist()
+                if tokenizer.eos_token_id in generated:
+                    generated = generated[: generated.index(tokenizer.eos_token_id)]
+                while generated and generated[-1] == tokenizer.pad_token_id:
+                    generated.pop()
+                text = tokenizer.decode(generated, skip_special_tokens=True)
+                for stop in self.config.stop_strings:
+                    text = text.split(stop, 1)[0]
+                new_tokens += len(generated)
+                results[i] = Generation(prompts[i], text.strip(), len(generated))
+        model.train(was_training)
+        return results, new_tokens / max(time.perf_counter() - start, 1e-9)

@@ -1,0 +1,55 @@
+"""Math reasoning (GSM8K style): worked solution ending in `#### N`; metric: exact match of the final answer."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+from pydantic import Field
+
+from .generation import GenerationConfig
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+FINAL = re.compile(r"####\s*(" + NUMBER.pattern + ")")
+
+
+class MathConfig(GenerationConfig):
+    name: Literal["math"] = "math"
+    template: str = "Question: {text}\nAnswer: "
+    max_new_tokens: int = Field(256, ge=1)
+    stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
+
+
+def to_number(text: str) -> Decimal | None:
+    try:
+        return Decimal(text.replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def extract_answer(output: str) -> Decimal | None:
+    """The number after `####`, else the last number in the output; commas, signs and decimals allowed."""
+    final = FINAL.search(output)
+    if final:
+        return to_number(final.group(1))
+    numbers = NUMBER.findall(output)
+    return to_number(numbers[-1]) if numbers else None
+
+
+def format_number(value: Decimal) -> str:
+    """1234 not 1.234E+3; 2.5 stays 2.5; 3.0 becomes 3."""
+    normalized = value.normalize()
+    return f"{normalized:f}" if normalized != normalized.to_integral() else f"{normalized.to_integral():f}"
+
+
+def replace_final_answer(solution: str, answer: Decimal) -> str:
+    """The worked solution with its final `#### N` replaced by `answer` (appended if it has none)."""
+    if FINAL.search(solution):
+        return FINAL.sub(lambda _: f"#### {format_number(answer)}", solution, count=1)
+    return f"{solution.rstrip()}\n#### {format_number(answer)}"
+
+
+def answers_match(output: str, gold: str) -> bool:
+    predicted, expected = extract_answer(output), extract_answer(gold)
+    return predicted is not None and expected is not None and predicted == expected
