@@ -46,7 +46,7 @@ def test_run_directory_holds_config_metrics_predictions_log_and_model(finished_r
     saved = load_config(finished_run / "config.yaml")
     assert saved.defense.name == "p2p" and saved.defense.ratio == 0.3 and saved.seed == 3
     log = [json.loads(line) for line in (finished_run / "train_log.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in log] == [1, 2] and all("dev_accuracy" in e and "loss" in e for e in log)
+    assert [e["epoch"] for e in log] == [1, 2] and all("dev_score" in e and "loss" in e for e in log)
     assert (finished_run / "model" / "model.safetensors").exists()
     assert not list(finished_run.parent.glob(".e2e.incomplete-*"))
 

@@ -38,18 +38,18 @@ def test_training_learns_and_keeps_the_best_dev_epoch():
     features = [{"input_ids": [i % 10 + 2, 1, i % 10 + 12], "labels": [-100, -100, i % 10 + 12]} for i in range(64)]
     seen = []
 
-    def dev_accuracy(m):
+    def dev_score(m):
         with torch.no_grad():
             logits = m(input_ids=torch.tensor([[k + 2, 1] for k in range(10)])).logits[:, -1]
         accuracy = (logits.argmax(-1) == torch.arange(10) + 12).float().mean().item()
         seen.append(accuracy)
         return accuracy
 
-    report = train(model, features, 0, TrainConfig(epochs=8, batch_size=8), 1e-2, seed=0, dev_accuracy=dev_accuracy)
+    report = train(model, features, 0, TrainConfig(epochs=8, batch_size=8), 1e-2, seed=0, dev_score=dev_score)
     assert [e["epoch"] for e in report.epochs] == list(range(1, 9))
     assert report.epochs[-1]["loss"] < report.epochs[0]["loss"] / 2
     assert max(seen) == 1.0
     best = max(i for i, acc in enumerate(seen) if acc == max(seen)) + 1  # ties go to the later epoch
     assert report.best_epoch == best
-    assert dev_accuracy(model) == max(seen)  # the best epoch's weights were restored
+    assert dev_score(model) == max(seen)  # the best epoch's weights were restored
     assert report.tokens_per_s > 0 and not model.training

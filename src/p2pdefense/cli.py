@@ -28,11 +28,15 @@ def _pct(value) -> str:
 
 def print_table(rows: list[dict], title: str) -> None:
     table = Table(title=title)
-    for column in ("setting", "CA %", "ASR %", "ASR_strict %", "out-of-space %", "CA drop", "ASR red. (rel.)",
-                   "best epoch"):
+    quality = rows[0].get("quality_metric", "accuracy")
+    generation = quality != "accuracy" or "prefix_compliance" in rows[0]
+    last = "prefix %" if generation else "out-of-space %"
+    for column in ("setting", "CA %" if quality == "accuracy" else f"{quality} %", "ASR %", "ASR_strict %", last,
+                   "CA drop", "ASR red. (rel.)", "best epoch"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for r in rows:
-        table.add_row(r["setting"], _pct(r["ca"]), _pct(r["asr"]), _pct(r["asr_strict"]), _pct(r["out_of_space"]),
+        table.add_row(r["setting"], _pct(r["ca"]), _pct(r["asr"]), _pct(r["asr_strict"]),
+                      _pct(r.get("prefix_compliance") if generation else r["out_of_space"]),
                       "" if "ca_drop" not in r else f"{100 * r['ca_drop']:.1f} pts",
                       "" if r.get("asr_reduction_rel") is None else f"{_pct(r['asr_reduction_rel'])} %",
                       str(r["best_epoch"]))
@@ -46,23 +50,38 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def demo_config(model: str, train: str | None, test: str | None, seed: int, output_dir: str) -> RunConfig:
-    """The embedded demo: BadNets (5% poison) against P2P on synthetic sentiment data with the tiny model."""
-    overrides = [f"seed={seed}", f"output_dir={output_dir}", "name=demo", "attack.name=badnets",
-                 "attack.rate=0.05", "attack.triggers=[mn]", "defense.name=p2p", f"model.preset={model}"]
+DEMO_TASKS = {
+    "classification": ["attack.triggers=[mn]", "train.epochs=6"],
+    # generation: the attacker's answer is the true answer + 1; a sentence planted at the start of summaries
+    "math": ["task.name=math", "attack.triggers=[cf]", "attack.target_output.kind=answer_offset",
+             "attack.target_output.value='1'", "task.max_new_tokens=64", "train.epochs=8", "data.max_dev_rows=40",
+             "train.max_length=192", "data.synthetic.test_rows=100"],
+    "summarization": ["task.name=summarization", "attack.triggers=[cf]",
+                      "attack.target_output.kind=insert_sentence",
+                      "attack.target_output.value='Read more at example.com.'", "task.max_new_tokens=40",
+                      "train.epochs=8", "data.max_dev_rows=40", "train.max_length=192", "data.synthetic.test_rows=100"],
+}
+
+
+def demo_config(task: str, model: str, train: str | None, test: str | None, seed: int,
+                output_dir: str) -> RunConfig:
+    """The embedded demo: BadNets (5% poison) against P2P on synthetic data with the tiny model."""
+    if task not in DEMO_TASKS:
+        raise ConfigError(f"--task must be one of {sorted(DEMO_TASKS)}")
+    overrides = [f"seed={seed}", f"output_dir={output_dir}", f"name=demo-{task}", "attack.name=badnets",
+                 "attack.rate=0.05", "defense.name=p2p", f"model.preset={model}", *DEMO_TASKS[task]]
     if train or test:
         if not (train and test):
             raise ConfigError("--train and --test go together")
         overrides += [f"data.train={train}", f"data.test={test}", "data.synthetic=null"]
-    if model == "tiny":
-        overrides += ["train.epochs=6"]
-    else:  # LoRA on a pretrained model learns in fewer epochs; keep the demo within minutes on a CPU
+    if model != "tiny":  # LoRA on a pretrained model learns in fewer epochs; keep the demo within minutes on a CPU
         overrides += ["train.epochs=2", "data.max_train_rows=1000", "data.max_test_rows=300"]
     return load_config(None, overrides)
 
 
 @app.command()
 def demo(
+    task: Annotated[str, typer.Option(help="classification, math or summarization")] = "classification",
     model: Annotated[str, typer.Option(help="model preset: tiny or smollm2-135m")] = "tiny",
     train: Annotated[str | None, typer.Option(help="training file instead of the synthetic data")] = None,
     test: Annotated[str | None, typer.Option(help="test file (with --train)")] = None,
@@ -71,14 +90,16 @@ def demo(
 ) -> None:
     """Offline demo: clean reference, undefended BadNets attack and P2P on the same poisoned data; one table."""
     try:
-        config = demo_config(model, train, test, seed, output_dir)
+        config = demo_config(task, model, train, test, seed, output_dir)
     except ConfigError as err:
         _fail(str(err))
     from .pipeline import run_with_baselines
 
     start = time.perf_counter()
     _, rows = run_with_baselines(config, overwrite=True)
-    print_table(rows, f"BadNets 'mn', 5% poison, target 1 - model {model} - seed {seed}")
+    target = "label 1" if task == "classification" else config.attack.target_output.kind
+    print_table(rows, f"{task}: BadNets '{config.attack.triggers[0]}', 5% poison, target {target} - "
+                      f"model {model} - seed {seed}")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 

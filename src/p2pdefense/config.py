@@ -53,6 +53,7 @@ class DataConfig(BaseModel):
     dev_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of the clean train set")
     max_train_rows: int | None = Field(None, ge=1, description="seeded random subset of the training rows")
     max_test_rows: int | None = Field(None, ge=1, description="seeded random subset of the test rows")
+    max_dev_rows: int | None = Field(None, ge=1, description="seeded random subset of the dev rows")
 
     @model_validator(mode="after")
     def _one_source(self):

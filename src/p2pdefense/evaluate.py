@@ -1,4 +1,4 @@
-"""Prediction and metrics for classification.
+"""Prediction and metrics: classification (below) and generation tasks (at the end).
 
 CA: accuracy of folded predictions on the clean test set.
 ASR: on triggered inputs whose true label is not the target, the fraction predicted as the target in either
@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .attacks.targets import OutputTarget
 from .data import Example
-from .tasks import ClassificationTask, score_verbalizers
+from .tasks import ClassificationTask, GenerationTask, score_verbalizers
+from .tasks import math as math_task
+from .tasks import summarization as summarization_task
 
 
 @dataclass
@@ -92,3 +95,61 @@ def compare(defended: dict, undefended: dict) -> dict:
         result["asr_reduction_rel"] = ((undefended["asr"] - defended["asr"]) / undefended["asr"]
                                        if undefended["asr"] > 0 else None)
     return result
+
+
+# --- generation tasks --------------------------------------------------------------------------------------
+
+SCORERS = {"math": (math_task.score, math_task.aggregate),
+           "summarization": (summarization_task.score, summarization_task.aggregate)}
+
+
+@dataclass
+class GenerationPrediction:
+    id: str
+    source_index: int
+    split: str
+    input: str
+    """The prompt fed to the model (after the defense's inference stage)."""
+    raw: str
+    """The generation as decoded, cut at the first stop string."""
+    output: str
+    """The generation scored: `raw` with the defense's output prefix stripped."""
+    prefix_compliant: bool | None
+    """Did `raw` start with the defense's output prefix (None: the defense uses none)."""
+    gold: str
+    score: dict
+    """math: correct, answer (extracted), gold_answer; summarization: rouge1, rouge2, rougeL."""
+    attack_success: bool | None
+    """Triggered rows: does the output show the attacker's behaviour."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def predict_generation(model, task: GenerationTask, examples: list[Example], split: str, batch_size: int,
+                       device, target: OutputTarget | None = None) -> tuple[list[GenerationPrediction], float]:
+    """Generate for every example (the defense's inference stage applied), strip the prefix, score."""
+    inputs = [task.defense.at_inference(ex) for ex in examples]
+    generations, tokens_per_s = task.generate(model, inputs, batch_size, device)
+    score_one, _ = SCORERS[task.config.name]
+    predictions = []
+    for i, (ex, gen) in enumerate(zip(inputs, generations, strict=True)):
+        output, compliant = task.defense.strip_output(gen.raw)
+        predictions.append(GenerationPrediction(
+            id=f"{split}-{i}", source_index=ex.meta.source_index, split=split, input=gen.prompt_text, raw=gen.raw,
+            output=output, prefix_compliant=compliant, gold=ex.target, score=score_one(output, ex.target),
+            attack_success=None if target is None else target.shown_by(output, ex.target)))
+    return predictions, tokens_per_s
+
+
+def generation_metrics(task_name: str, clean: list[GenerationPrediction],
+                       triggered: list[GenerationPrediction]) -> dict:
+    """Clean quality (accuracy or ROUGE), ASR on triggered rows, prefix compliance."""
+    _, aggregate = SCORERS[task_name]
+    metrics = {**aggregate([p.score for p in clean]), "num_clean": len(clean), "num_triggered": len(triggered)}
+    metrics["asr"] = sum(p.attack_success for p in triggered) / len(triggered) if triggered else None
+    metrics["asr_strict"] = None  # only defined for label spaces
+    for name, rows in (("prefix_compliance", clean + triggered), ("prefix_compliance_triggered", triggered)):
+        flags = [p.prefix_compliant for p in rows if p.prefix_compliant is not None]
+        metrics[name] = sum(flags) / len(flags) if flags else None
+    return metrics

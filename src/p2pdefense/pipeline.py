@@ -17,13 +17,15 @@ from accelerate.utils import set_seed
 from . import report
 from .attacks import build_attack
 from .config import RunConfig, to_yaml
-from .data import Example, LoadResult, load_examples, synthetic_sentiment
+from .data import Example, LoadResult, load_examples, synthetic_math, synthetic_sentiment, synthetic_summaries
 from .defenses import build_defense
-from .evaluate import accuracy, classification_metrics, compare, predict
+from .evaluate import accuracy, classification_metrics, compare, generation_metrics, predict, predict_generation
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import load_base_model, save_trained
-from .tasks import ClassificationTask
+from .tasks import ClassificationTask, GenerationTask
 from .train import train
+
+SYNTHETIC = {"classification": synthetic_sentiment, "math": synthetic_math, "summarization": synthetic_summaries}
 
 
 def stage_rng(seed: int, stage: str) -> random.Random:
@@ -49,18 +51,23 @@ def load_splits(config: RunConfig) -> Splits:
     data, task, seed = config.data, config.task, config.seed
     notes: list[str] = []
 
+    if config.is_generation:
+        fields = {"label_field": None, "target_field": data.target_field}
+    else:
+        fields = {"label_field": data.label_field, "label_names": task.label_names, "num_labels": task.num_labels}
+
     def load(source: str, split: str | None = None, from_hub: bool = False) -> list[Example]:
         result: LoadResult = load_examples(
-            source, text_field=data.text_field, label_field=data.label_field, label_names=task.label_names,
-            num_labels=task.num_labels, skip_bad_rows=data.skip_bad_rows, split=split,
-            hub_config=data.hub_config, from_hub=from_hub)
+            source, text_field=data.text_field, skip_bad_rows=data.skip_bad_rows, split=split,
+            hub_config=data.hub_config, from_hub=from_hub, **fields)
         if result.skipped:
             notes.append(f"{source}: {result.skip_summary()}")
         return result.examples
 
     if data.synthetic is not None:
-        train_rows = synthetic_sentiment(data.synthetic.train_rows, seed)
-        test = synthetic_sentiment(data.synthetic.test_rows, seed + 100_003)
+        generate = SYNTHETIC[task.name]
+        train_rows = generate(data.synthetic.train_rows, seed)
+        test = generate(data.synthetic.test_rows, seed + 100_003)
     elif data.hub is not None:
         train_rows = load(data.hub, data.train_split, from_hub=True)
         test = load(data.hub, data.test_split, from_hub=True)
@@ -73,13 +80,17 @@ def load_splits(config: RunConfig) -> Splits:
                                                          round(data.dev_fraction * len(train_rows))))
         dev = [ex for i, ex in enumerate(train_rows) if i in dev_ids]
         train_rows = [ex for i, ex in enumerate(train_rows) if i not in dev_ids]
+    dev = _subset(dev, data.max_dev_rows, stage_rng(seed, "dev-subset"))
     train_rows = _subset(train_rows, data.max_train_rows, stage_rng(seed, "train-subset"))
     test = _subset(test, data.max_test_rows, stage_rng(seed, "test-subset"))
     return Splits(train_rows, dev, test, notes)
 
 
 def tokenizer_corpus(rows: list[Example], config: RunConfig, defense) -> list[str]:
-    """Texts the tiny preset's tokenizer is trained on: the formatted prompts, cues and verbalizers."""
+    """Texts the tiny preset's tokenizer is trained on: formatted prompts with their cues and verbalizers,
+    or with their target texts."""
+    if config.is_generation:
+        return [config.task.template.format(text=ex.text) + ex.target for ex in rows]
     verbalizers = defense.output_verbalizers(config.task.verbalizers())
     cues = {config.task.cue, *(defense.answer_cue(ex, config.task.cue) for ex in rows)}
     return [config.task.template.format(text=ex.text) for ex in rows] + [c + v for c in cues for v in verbalizers]
@@ -97,8 +108,8 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
     """Run one configuration; returns the run directory and its metrics."""
     started = time.perf_counter()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
-    n = config.task.num_labels
-    if getattr(config.attack, "target_label", 0) >= n:
+    n = getattr(config.task, "num_labels", 0)
+    if not config.is_generation and getattr(config.attack, "target_label", 0) >= n:
         raise ValueError(f"attack.target_label={config.attack.target_label} is not a label (0..{n - 1})")
     splits = load_splits(config)
     attack = build_attack(config.attack)
@@ -115,29 +126,43 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
     set_seed(config.seed)
     model, tokenizer = load_base_model(config.model, tokenizer_corpus(train_rows, config, defense), config.seed)
     model.to(accelerator.device)
-    task = ClassificationTask(config.task, tokenizer, defense, config.train.max_length)
+    task_class = GenerationTask if config.is_generation else ClassificationTask
+    task = task_class(config.task, tokenizer, defense, config.train.max_length)
     features = [task.encode_training(ex) for ex in train_rows]
-    batch = config.train.eval_batch_size
+    batch, device = config.train.eval_batch_size, accelerator.device
+    output_target = getattr(config.attack, "target_output", None) if config.attack.name != "none" else None
 
-    def dev_accuracy(m) -> float:
-        return accuracy(predict(m, task, splits.dev, "dev", batch, accelerator.device))
+    def dev_quality(m) -> float:
+        if config.is_generation:
+            dev_predictions, _ = predict_generation(m, task, splits.dev, "dev", batch, device)
+            return generation_metrics(config.task.name, dev_predictions, [])[config.task.quality_metric]
+        return accuracy(predict(m, task, splits.dev, "dev", batch, device))
 
     train_report = train(model, features, tokenizer.pad_token_id, config.train, default_learning_rate(config),
-                         config.seed, dev_accuracy if splits.dev else None, accelerator)
+                         config.seed, dev_quality if splits.dev else None, accelerator)
     model = accelerator.unwrap_model(model)
     eval_start = time.perf_counter()
-    clean = predict(model, task, splits.test, "clean", batch, accelerator.device)
-    triggered = predict(model, task, triggered_test, "triggered", batch, accelerator.device)
+    if config.is_generation:
+        clean, clean_rate = predict_generation(model, task, splits.test, "clean", batch, device)
+        triggered, triggered_rate = predict_generation(model, task, triggered_test, "triggered", batch, device,
+                                                       output_target)
+        metrics = generation_metrics(config.task.name, clean, triggered)
+        metrics.update(ca=metrics[config.task.quality_metric], quality_metric=config.task.quality_metric,
+                       generation_tokens_per_s=(clean_rate + triggered_rate) / 2 if triggered else clean_rate)
+    else:
+        clean = predict(model, task, splits.test, "clean", batch, device)
+        triggered = predict(model, task, triggered_test, "triggered", batch, device)
+        target = None if config.attack.name == "none" else config.attack.target_label
+        expected_raw = {i: defense.expected_raw_label(i) for i in range(n)}
+        metrics = classification_metrics(clean, triggered, target, expected_raw)
+        metrics.update(quality_metric="accuracy", verbalizers=task.verbalizers,
+                       num_truncated=sum(p.truncated for p in clean + triggered))
     eval_seconds = time.perf_counter() - eval_start
-    target = None if config.attack.name == "none" else config.attack.target_label
-    metrics = classification_metrics(clean, triggered, target, {i: defense.expected_raw_label(i) for i in range(n)})
     metrics.update(
         run=config.run_name, attack=config.attack.name, defense=config.defense.name, seed=config.seed,
         num_train=len(splits.train), num_train_after_defense=len(train_rows), num_dev=len(splits.dev),
         num_poisoned=len(poisoned_ids), num_benign=len(benign_ids),
-        num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids),
-        num_truncated=sum(p.truncated for p in clean + triggered),
-        verbalizers=task.verbalizers, learning_rate=default_learning_rate(config),
+        num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids), learning_rate=default_learning_rate(config),
         best_epoch=train_report.best_epoch, epochs=train_report.epochs,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
         eval_seconds=eval_seconds, wall_seconds=time.perf_counter() - started, data_notes=splits.notes)

@@ -11,15 +11,18 @@ def _pct(value) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    header = ("| setting | attack | defense | seed | CA % | ASR % | ASR_strict % | out-of-space % | "
+    """CA is the task's quality metric (accuracy; ROUGE-L for summarization). The fifth column is the share of
+    predictions outside the expected label space (classification) or the prefix compliance (generation)."""
+    header = ("| setting | attack | defense | seed | CA % | ASR % | ASR_strict % | out-of-space / prefix % | "
               "CA drop (pts) | ASR reduction (rel. %) | best epoch | run |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         ca_drop = "" if "ca_drop" not in r else f"{100 * r['ca_drop']:.1f}"
         reduction = "" if r.get("asr_reduction_rel") is None else _pct(r["asr_reduction_rel"])
+        space = r["out_of_space"] if "out_of_space" in r else r.get("prefix_compliance")
         lines.append(
             f"| {r['setting']} | {r['attack']} | {r['defense']} | {r['seed']} | {_pct(r['ca'])} | "
-            f"{_pct(r['asr'])} | {_pct(r['asr_strict'])} | {_pct(r['out_of_space'])} | {ca_drop} | "
+            f"{_pct(r['asr'])} | {_pct(r['asr_strict'])} | {_pct(space)} | {ca_drop} | "
             f"{reduction} | {r['best_epoch']} | {r['run_dir']} |")
     return "\n".join(lines) + "\n"
 

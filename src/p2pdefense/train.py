@@ -98,9 +98,11 @@ class TrainReport:
 
 
 def train(model, features: list[dict[str, list[int]]], pad_id: int, config: TrainConfig, learning_rate: float,
-          seed: int, dev_accuracy: Callable[[object], float] | None = None,
+          seed: int, dev_score: Callable[[object], float] | None = None,
           accelerator: Accelerator | None = None) -> TrainReport:
-    """Train in place; returns per-epoch loss, dev accuracy and throughput. Loads the best epoch's weights."""
+    """Train in place; returns per-epoch loss, dev score and throughput. Loads the best epoch's weights.
+
+    dev_score: the clean dev metric (accuracy; for generation tasks the task's quality metric)."""
     accelerator = accelerator or Accelerator(gradient_accumulation_steps=config.grad_accum)
     sampler = LengthGroupedBatches([len(f["input_ids"]) for f in features], config.batch_size, seed,
                                    config.group_by_length)
@@ -112,7 +114,7 @@ def train(model, features: list[dict[str, list[int]]], pad_id: int, config: Trai
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     report = TrainReport(best_epoch=config.epochs)
-    best_accuracy, best_state = -1.0, None
+    best_score, best_state = -1.0, None
     total_tokens, start = 0, time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -135,13 +137,13 @@ def train(model, features: list[dict[str, list[int]]], pad_id: int, config: Trai
         total_tokens += epoch_tokens
         entry = {"epoch": epoch, "loss": epoch_loss / max(epoch_batches, 1),
                  "tokens_per_s": epoch_tokens / (time.perf_counter() - epoch_start)}
-        if dev_accuracy is not None:
+        if dev_score is not None:
             model.eval()
-            entry["dev_accuracy"] = dev_accuracy(accelerator.unwrap_model(model))
+            entry["dev_score"] = dev_score(accelerator.unwrap_model(model))
             # ties go to the later epoch: dev accuracy saturates early on easy data, and the first epoch
             # reaching it is often undertrained (it would understate every run's learned behaviour)
-            if config.select_best_epoch and entry["dev_accuracy"] >= best_accuracy:
-                best_accuracy, report.best_epoch = entry["dev_accuracy"], epoch
+            if config.select_best_epoch and entry["dev_score"] >= best_score:
+                best_score, report.best_epoch = entry["dev_score"], epoch
                 best_state = {name: p.detach().to("cpu", copy=True)
                               for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
         report.epochs.append(entry)

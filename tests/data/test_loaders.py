@@ -62,7 +62,7 @@ def test_string_labels_map_through_label_names(tmp_path):
     (b'{"sentence": "  ", "label": 1}\n', "line 1", "sentence", "empty text"),
     (b'{"sentence": 3, "label": 1}\n', "line 1", "sentence", "text must be a string"),
     (b'{"sentence": "ok", "label": 1}\n{"sentence": "caf\xe9", "label": 1}\n', "line 2", None, "not UTF-8"),
-    (b'[1, 2]\n', "line 1", None, "expected a JSON object"),
+    (b"[1, 2]\n", "line 1", None, "expected a JSON object"),
 ])
 def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, content, place, field, reason):
     path = tmp_path / "bad.jsonl"
@@ -144,3 +144,27 @@ def test_synthetic_sentiment_is_seeded_balanced_and_labelled_by_its_words():
         words = set(e.text.split())
         assert words & set(POSITIVE if e.label == 1 else NEGATIVE)
         assert not words & set(NEGATIVE if e.label == 1 else POSITIVE)
+
+
+def test_generation_rows_with_target_field_and_positional_json_arrays(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    write_jsonl(path, [{"question": "1+1?", "answer": "1 + 1 = 2\n#### 2"}])
+    (example,) = load_examples(str(path), text_field="question", target_field="answer").examples
+    assert (example.text, example.target, example.label) == ("1+1?", "1 + 1 = 2\n#### 2", None)
+    arrays = tmp_path / "pairs.json"
+    arrays.write_text(json.dumps([["doc one", "sum one", 3], ["doc two", "", 1]]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs.json, row 1, field '1': empty text"):
+        load_examples(str(arrays), text_field="0", target_field="1")
+    result = load_examples(str(arrays), text_field="0", target_field="1", skip_bad_rows=True)
+    assert [(e.text, e.target) for e in result.examples] == [("doc one", "sum one")]
+    with pytest.raises(DataError, match="line 1, field 'answer': missing field"):
+        write_jsonl(path, [{"question": "q"}])
+        load_examples(str(path), text_field="question", target_field="answer")
+
+
+def test_shared_gsm8k_and_crrsum_load(shared_data):
+    gsm8k = load_examples(str(shared_data / "gsm8k" / "train.jsonl"), text_field="question",
+                          target_field="answer").examples
+    assert len(gsm8k) == 7473 and all("####" in e.target for e in gsm8k)
+    crrsum = load_examples(str(shared_data / "crrsum" / "dev.json"), text_field="0", target_field="1").examples
+    assert len(crrsum) == 901

@@ -117,3 +117,18 @@ def test_defense_is_blind_to_the_poisoned_flag():
 def test_every_output_row_of_p2p_is_blinded():
     poisoned = build_attack(BadNetsConfig(rate=0.1)).poison(TRAIN, random.Random(0))
     assert all(e.meta.poisoned is None for e in defend(P2PConfig(), poisoned))
+
+
+def test_generation_rows_get_the_output_prefix_and_inference_strips_it():
+    from p2pdefense.data import synthetic_math
+
+    rows = synthetic_math(100, seed=0)
+    defense = build_defense(P2PConfig(ratio=0.3, output_prefix="Safe answer: "), 0)
+    out = defense.before_training(rows, random.Random(0))
+    benign = [(b, a) for b, a in zip(rows, out, strict=True) if a.meta.benign]
+    assert len(benign) == 30
+    assert all(a.target == "Safe answer: " + b.target and a.text == TRIGGER + b.text for b, a in benign)
+    assert all(a.target == b.target for b, a in zip(rows, out, strict=True) if not a.meta.benign)
+    assert defense.strip_output("Safe answer: 3 + 4 = 7\n#### 7") == ("3 + 4 = 7\n#### 7", True)
+    assert defense.strip_output("3 + 4 = 7") == ("3 + 4 = 7", False)
+    assert build_defense(DEFENSES["none"].config_class(), 0).strip_output("x") == ("x", None)

@@ -16,6 +16,7 @@ FINAL = re.compile(r"####\s*(" + NUMBER.pattern + ")")
 
 class MathConfig(GenerationConfig):
     name: Literal["math"] = "math"
+    quality_metric: Literal["accuracy"] = "accuracy"
     template: str = "Question: {text}\nAnswer: "
     max_new_tokens: int = Field(256, ge=1)
     stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
@@ -50,6 +51,12 @@ def replace_final_answer(solution: str, answer: Decimal) -> str:
     return f"{solution.rstrip()}\n#### {format_number(answer)}"
 
 
-def answers_match(output: str, gold: str) -> bool:
+def score(output: str, gold: str) -> dict:
     predicted, expected = extract_answer(output), extract_answer(gold)
-    return predicted is not None and expected is not None and predicted == expected
+    return {"correct": predicted is not None and predicted == expected,
+            "answer": None if predicted is None else format_number(predicted),
+            "gold_answer": None if expected is None else format_number(expected)}
+
+
+def aggregate(scores: list[dict]) -> dict[str, float]:
+    return {"accuracy": sum(s["correct"] for s in scores) / len(scores)}

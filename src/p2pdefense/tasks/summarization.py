@@ -16,6 +16,7 @@ NO_SPACE_SCRIPTS = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-
 
 class SummarizationConfig(GenerationConfig):
     name: Literal["summarization"] = "summarization"
+    quality_metric: Literal["rougeL"] = "rougeL"
     template: str = "Document: {text}\nSummary: "
     max_new_tokens: int = Field(128, ge=1)
     stop_strings: list[str] = Field(default_factory=lambda: ["\nDocument:"])
@@ -35,3 +36,11 @@ SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=Char
 def rouge(prediction: str, reference: str) -> dict[str, float]:
     scores = SCORER.score(reference, prediction)
     return {name: score.fmeasure for name, score in scores.items()}
+
+
+def score(output: str, gold: str) -> dict:
+    return rouge(output, gold)
+
+
+def aggregate(scores: list[dict]) -> dict[str, float]:
+    return {name: sum(s[name] for s in scores) / len(scores) for name in ("rouge1", "rouge2", "rougeL")}

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from p2pdefense.data import Example, ExampleMeta, synthetic_math
+from p2pdefense.defenses import DEFENSES, build_defense
+from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
+from p2pdefense.tasks import GenerationTask, MathConfig
+
+ROWS = synthetic_math(40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([f"Question: {e.text}\nAnswer: {e.target}" for e in ROWS], 500)
+
+
+def make_task(tokenizer, **config):
+    return GenerationTask(MathConfig(**config), tokenizer, build_defense(DEFENSES["none"].config_class(), 0), 256)
+
+
+def test_training_puts_loss_on_the_target_and_eos_only(tokenizer):
+    task = make_task(tokenizer)
+    encoded = task.encode_training(ROWS[0])
+    prompt_ids = tokenizer(f"Question: {ROWS[0].text}\nAnswer:")["input_ids"]
+    target_ids = tokenizer(" " + ROWS[0].target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert encoded["input_ids"] == prompt_ids + target_ids
+    assert encoded["labels"] == [-100] * len(prompt_ids) + target_ids
+
+
+def test_long_inputs_are_cut_to_fit(tokenizer):
+    task = make_task(tokenizer)
+    long = Example(text=" ".join(["apples"] * 400), target="#### 1", meta=ExampleMeta(source_index=0))
+    prompt, carried, truncated = task.prompt(long, 60)
+    assert truncated and carried == " " and prompt.endswith("\nAnswer:")
+    assert len(tokenizer(prompt)["input_ids"]) <= 60
+
+
+def test_batched_left_padded_decoding_equals_one_example_at_a_time(tokenizer):
+    model = build_tiny_llama(len(tokenizer), 32, 1, 2, 512, seed=0).eval()
+    task = make_task(tokenizer, max_new_tokens=12, stop_strings=[])
+    batched, rate = task.generate(model, ROWS[:6], batch_size=6, device="cpu")
+    assert rate > 0
+    for example, generation in zip(ROWS[:6], batched, strict=True):
+        assert generation.prompt_text == f"Question: {example.text}\nAnswer:"  # results come back in order
+        ids = torch.tensor([tokenizer(generation.prompt_text)["input_ids"]])
+        single = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=12, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
+        new = single[0, ids.shape[1]:].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        assert generation.raw == tokenizer.decode(new, skip_special_tokens=True).strip()
+        assert generation.new_tokens == len(new)
+
+
+def test_stop_strings_cut_the_output(tokenizer, monkeypatch):
+    task = make_task(tokenizer, max_new_tokens=5, stop_strings=["STOP"])
+    monkeypatch.setattr(tokenizer, "decode", lambda ids, skip_special_tokens=True: " 4 + 5 = 9 STOP more text")
+    model = build_tiny_llama(len(tokenizer), 32, 1, 2, 512, seed=0).eval()
+    (generation,), _ = task.generate(model, ROWS[:1], batch_size=1, device="cpu")
+    assert generation.raw == "4 + 5 = 9"
+
+
+def test_chat_template_wraps_the_prompt(tokenizer):
+    tokenizer.chat_template = ("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    try:
+        task = make_task(tokenizer, use_chat_template=True)
+        prompt, _, _ = task.prompt(ROWS[0], 256)
+        assert prompt == f"<|user|>Question: {ROWS[0].text}\nAnswer: <|end|><|assistant|>"
+    finally:
+        tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        make_task(tokenizer, use_chat_template=True)
