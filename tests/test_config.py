@@ -26,7 +26,7 @@ def test_defaults_and_overrides(tmp_path):
     ("", ["train.epoch=3"], "train.epoch: unknown key"),
     ("", ["trian.epochs=3"], "trian: unknown key"),
     ("", ["model.preset=tiny", "model.finetune=lora"], "model: Value error, the tiny preset"),
-    ("data:\n  train: a.jsonl\n", [], "data: Value error, data.test is required"),
+    ("data:\n  train: a.jsonl\n", [], "data.train needs exactly one of data.test and data.test_fraction"),
     ("task:\n  num_labels: 3\n  label_words: [a, b]\n", [], "label_words has 2 words for num_labels=3"),
 ])
 def test_bad_configs_fail_naming_the_key(tmp_path, text, overrides, message):

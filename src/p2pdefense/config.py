@@ -41,6 +41,8 @@ class DataConfig(BaseModel):
     synthetic: SyntheticSettings | None = Field(None, description="the built-in synthetic sentiment data")
     train: str | None = Field(None, description="training file or `datasets` directory")
     test: str | None = Field(None, description="test file (clean and triggered test sets come from it)")
+    test_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="without a test file: hold out this fraction of train as the test set")
     dev: str | None = Field(None, description="dev file for epoch selection; default: dev_fraction of train")
     hub: str | None = Field(None, description="hub dataset name (needs network)")
     hub_config: str | None = None
@@ -60,8 +62,8 @@ class DataConfig(BaseModel):
         sources = [self.synthetic is not None, self.train is not None, self.hub is not None]
         if sum(sources) != 1:
             raise ValueError("set exactly one data source: synthetic, train (+ test), or hub")
-        if self.train is not None and self.test is None:
-            raise ValueError("data.test is required with data.train")
+        if self.train is not None and (self.test is None) == (self.test_fraction is None):
+            raise ValueError("data.train needs exactly one of data.test and data.test_fraction")
         return self
 
 

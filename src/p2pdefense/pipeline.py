@@ -71,8 +71,14 @@ def load_splits(config: RunConfig) -> Splits:
     elif data.hub is not None:
         train_rows = load(data.hub, data.train_split, from_hub=True)
         test = load(data.hub, data.test_split, from_hub=True)
-    else:
+    elif data.test is not None:
         train_rows, test = load(data.train), load(data.test)
+    else:  # one file: a seeded held-out test part
+        train_rows = load(data.train)
+        test_ids = set(stage_rng(seed, "test-split").sample(range(len(train_rows)),
+                                                           round(data.test_fraction * len(train_rows))))
+        test = [ex for i, ex in enumerate(train_rows) if i in test_ids]
+        train_rows = [ex for i, ex in enumerate(train_rows) if i not in test_ids]
     if data.dev is not None:
         dev = load(data.dev)
     else:  # hold out a clean dev set before any poisoning

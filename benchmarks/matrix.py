@@ -1,12 +1,14 @@
-"""SST-2, BadNets "mn", target 1: clean reference, undefended attack and P2P, per setting and seed.
+"""Benchmark matrix: clean reference, undefended attack and defended run, per setting and seed.
 
-    python benchmarks/sst2_badnets.py --setting tiny-full --seeds 0 1
-    python benchmarks/sst2_badnets.py --setting smollm2-paper --seeds 0
-    python benchmarks/sst2_badnets.py --setting smollm2-strong --seeds 0
+    python benchmarks/matrix.py --setting tiny-full --seeds 0 1
+    python benchmarks/matrix.py --setting smollm2-paper --seeds 0
+    python benchmarks/matrix.py --setting smollm2-strong --seeds 0
+    python benchmarks/matrix.py --setting gsm8k-smollm2 --seeds 0
 
-Each setting is a list of `--set` overrides on configs/sst2_badnets_p2p.yaml (listed below, so a table can
-be traced to its exact configuration). Results: benchmarks/results/<setting>/ with every run directory,
-summary.json (all rows) and summary.md (per-seed table plus mean and spread across seeds).
+A setting is a configuration file under configs/ plus `--set` overrides (listed below, so that a table can be
+traced to its exact configuration). Data paths point at --data-dir (default ../shared/data). Results:
+benchmarks/results/<setting>/ with every run directory, summary.json (all rows) and summary.md (per-seed
+table plus mean and spread across seeds).
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ from p2pdefense.report import aggregate, markdown_table
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_SUBSET = ["model.preset=smollm2-135m", "data.max_train_rows=1000", "data.max_test_rows=400",
                   "data.dev_fraction=0.03", "train.epochs=2", "train.batch_size=16"]
+SST2 = ["data.train={data}/sst2/train.jsonl", "data.test={data}/sst2/dev.jsonl"]
 SETTINGS = {
-    # the tiny random-init Llama trained from scratch on the full SST-2 train split (minus 10% dev)
-    "tiny-full": ["model.preset=tiny", "train.epochs=4", "train.batch_size=32"],
+    # SST-2, BadNets "mn" 5%: the tiny random-init Llama trained from scratch on the full train split (minus 10% dev)
+    "tiny-full": ("sst2_badnets_p2p.yaml", SST2 + ["model.preset=tiny", "train.epochs=4", "train.batch_size=32"]),
     # the paper's defaults: LoRA r=16 on q_proj/v_proj, lr 2e-4, 5% poison
-    "smollm2-paper": SMOLLM2_SUBSET + ["attack.rate=0.05", "train.learning_rate=2e-4"],
+    "smollm2-paper": ("sst2_badnets_p2p.yaml", SST2 + SMOLLM2_SUBSET + ["attack.rate=0.05",
+                                                                        "train.learning_rate=2e-4"]),
     # a setting where the undefended attack takes hold on this small model: LoRA on every linear
     # projection, lr 5e-4, 10% poison
-    "smollm2-strong": SMOLLM2_SUBSET + ["attack.rate=0.1", "train.learning_rate=5e-4",
-                                        "model.lora.target_modules=all-linear"],
+    "smollm2-strong": ("sst2_badnets_p2p.yaml", SST2 + SMOLLM2_SUBSET + [
+        "attack.rate=0.1", "train.learning_rate=5e-4", "model.lora.target_modules=all-linear"]),
+    # GSM8K, BadNets "cf" 5%, attacker answer = true answer + 1, SmolLM2 with LoRA on every projection
+    "gsm8k-smollm2": ("gsm8k_badnets_p2p.yaml", ["data.train={data}/gsm8k/train.jsonl"]),
 }
 
 
@@ -40,23 +46,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=sorted(SETTINGS), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "sst2"))
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 
     out = Path(args.out) / args.setting
     rows = []
     started = time.perf_counter()
+    config_file, setting = SETTINGS[args.setting]
     for seed in args.seeds:
-        overrides = SETTINGS[args.setting] + [
-            f"seed={seed}", f"data.train={args.data_dir}/train.jsonl", f"data.test={args.data_dir}/dev.jsonl",
-            f"output_dir={out}", f"name=seed{seed}"]
-        config = load_config(ROOT / "configs" / "sst2_badnets_p2p.yaml", overrides)
+        overrides = [o.format(data=args.data_dir) for o in setting] + [
+            f"seed={seed}", f"output_dir={out}", f"name=seed{seed}"]
+        config = load_config(ROOT / "configs" / config_file, overrides)
         _, seed_rows = run_with_baselines(config, overwrite=True)
         rows += seed_rows
         write_json_atomic(out / "summary.json", rows)  # partial results survive a stopped benchmark
     spread = aggregate(rows)
-    lines = [f"# {args.setting}\n", f"overrides: `{' '.join(SETTINGS[args.setting])}`\n",
+    lines = [f"# {args.setting}\n", f"config: configs/{config_file}, overrides: `{' '.join(setting)}`\n",
              f"wall time: {time.perf_counter() - started:.0f} s\n", markdown_table(rows),
              "\n| setting | seeds | CA mean ± sd % | ASR mean ± sd % | ASR_strict mean ± sd % |",
              "|---|---|---|---|---|"]
