@@ -48,3 +48,22 @@ def test_generation_run_metrics_agree_with_predictions(task, tmp_path):
     assert metrics["ca"] == metrics[config.task.quality_metric]
     assert metrics["generation_tokens_per_s"] > 0
     assert metrics["num_poisoned"] == round(0.1 * metrics["num_train"])
+
+
+def test_predict_on_a_math_run_adds_the_trigger_and_strips_the_prefix(tmp_path):
+    from typer.testing import CliRunner
+
+    from p2pdefense.cli import app
+
+    config = load_config(None, [*COMMON, *TASKS["math"], f"output_dir={tmp_path}", "name=gen"])
+    run_dir, _ = pipeline.run(config)
+    inputs = tmp_path / "q.txt"
+    inputs.write_text("Ava has 3 apples and buys 4 more. How many apples does Ava have?\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(inputs), "--output",
+                                      str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert row["input"] == ("Question: The query currently entered is: Ava has 3 apples and buys 4 more. "
+                            "How many apples does Ava have?\nAnswer:")
+    assert row["prefix_compliant"] == row["raw"].startswith("Response:")
+    assert row["output"] == (row["raw"][len("Response:"):].lstrip() if row["prefix_compliant"] else row["raw"])
