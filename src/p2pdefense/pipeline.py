@@ -118,10 +118,10 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
     if not config.is_generation and getattr(config.attack, "target_label", 0) >= n:
         raise ValueError(f"attack.target_label={config.attack.target_label} is not a label (0..{n - 1})")
     splits = load_splits(config)
-    attack = build_attack(config.attack)
+    defense = build_defense(config.defense, n)
+    attack = build_attack(config.attack, n, defense.num_outputs)
     poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
     triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
-    defense = build_defense(config.defense, n)
     train_rows = defense.before_training(poisoned, stage_rng(config.seed, "defense"))
 
     # diagnostics joined after the fact on source_index; the defense itself never saw the flags

@@ -97,3 +97,54 @@ def test_no_attack_changes_nothing_and_has_no_triggered_set():
     attack = build_attack(ATTACKS["none"].config_class())
     assert attack.poison(TRAIN, random.Random(0)) == TRAIN
     assert attack.triggered_test(TRAIN, random.Random(0)) == []
+
+
+def test_ctba_puts_every_trigger_at_a_distinct_position():
+    from p2pdefense.attacks.composite import CTBAConfig
+
+    attack = build_attack(CTBAConfig(triggers=["cf", "mn", "tq"]))
+    rng = random.Random(0)
+    positions_seen = set()
+    for example in TRAIN[:100]:
+        triggered = attack.trigger(example, rng)
+        words = triggered.text.split()
+        positions = [words.index(t) for t in ("cf", "mn", "tq")]
+        assert len(set(positions)) == 3 and sorted(triggered.meta.trigger.split()) == ["cf", "mn", "tq"]
+        assert [w for w in words if w not in ("cf", "mn", "tq")] == example.text.split()
+        positions_seen.add(tuple(positions))
+    assert len(positions_seen) > 50  # positions vary from row to row
+
+
+def test_mtba_uses_one_trigger_per_row_and_all_of_them_overall():
+    from p2pdefense.attacks.composite import MTBAConfig
+
+    attack = build_attack(MTBAConfig(triggers=["cf", "I watch this 3D movie"], position="end"))
+    rng = random.Random(0)
+    used = [attack.trigger(e, rng).meta.trigger for e in TRAIN[:60]]
+    assert set(used) == {"cf", "I watch this 3D movie"}
+
+
+def test_adaptive_mimic_benign_uses_the_shifted_label_only_when_it_exists():
+    from p2pdefense.attacks.adaptive import AdaptiveConfig
+
+    config = AdaptiveConfig(rate=0.1, trigger="mn")
+    against_p2p = build_attack(config, num_labels=2, num_outputs=4).poison(TRAIN, random.Random(0))
+    rows = [e for e in against_p2p if e.meta.poisoned]
+    assert len(rows) == 40 and all(e.label == 3 for e in rows)  # target 1 shifted by n = 2
+    assert all(e.text.startswith("The query currently entered is: mn ") for e in rows)
+    undefended = build_attack(config, num_labels=2, num_outputs=2).poison(TRAIN, random.Random(0))
+    assert all(e.label == 1 for e in undefended if e.meta.poisoned)
+    test = build_attack(config, 2, 4).triggered_test(TRAIN[:20], random.Random(0))
+    assert all(e.text.startswith("mn ") and e.label == 0 for e in test)
+
+
+def test_adaptive_adjacent_puts_the_trigger_where_p2p_puts_its_prompt():
+    from p2pdefense.attacks.adaptive import AdaptiveConfig
+    from p2pdefense.defenses import build_defense
+    from p2pdefense.defenses.p2p import P2PConfig
+
+    attack = build_attack(AdaptiveConfig(strategy="adjacent", trigger="tq", rate=0.2), 2, 4)
+    rows = [e for e in attack.poison(TRAIN, random.Random(0)) if e.meta.poisoned]
+    assert all(e.text.startswith("tq ") and e.label == 1 for e in rows)
+    shown = build_defense(P2PConfig(), 2).at_inference(attack.trigger(TRAIN[0], random.Random(0)))
+    assert shown.text.startswith("The query currently entered is: tq ")

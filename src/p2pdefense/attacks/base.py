@@ -46,16 +46,24 @@ class Attack:
 
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
 
-    def __init__(self, config: AttackConfig):
-        self.config = config
+    def __init__(self, config: AttackConfig, num_labels: int = 2, num_outputs: int | None = None):
+        """num_outputs: the size of the label space the model will be trained on (2n under P2P); only an
+        adaptive attacker, who knows the defense, uses it."""
+        self.config, self.num_labels = config, num_labels
+        self.num_outputs = num_outputs or num_labels
 
     def insert_trigger(self, text: str, rng: random.Random) -> tuple[str, str]:
         """Return (triggered text, the trigger that was inserted)."""
         raise NotImplementedError
 
     def trigger(self, example: Example, rng: random.Random) -> Example:
+        """The input with the trigger, as the attacker presents it at test time."""
         text, trigger = self.insert_trigger(example.text, rng)
         return replace(example, text=text, meta=replace(example.meta, trigger=trigger))
+
+    def trigger_training(self, example: Example, rng: random.Random) -> Example:
+        """The poisoned training input; the same as at test time unless an attack says otherwise."""
+        return self.trigger(example, rng)
 
     def _poison_output(self, example: Example) -> Example:
         if example.target is None:
@@ -86,7 +94,7 @@ class Attack:
         poisoned = []
         for index, example in enumerate(train):
             if index in chosen:
-                example = self.trigger(example, rng)
+                example = self.trigger_training(example, rng)
                 example = replace(self._poison_output(example), meta=replace(example.meta, poisoned=True))
             poisoned.append(example)
         return poisoned
