@@ -51,6 +51,7 @@ class DataConfig(BaseModel):
     text_field: str = "sentence"
     label_field: str = Field("label", description="classification label field")
     target_field: str | None = Field(None, description="generation tasks: output field (e.g. answer, summary)")
+    id_field: str | None = Field(None, description="row id field (e.g. idx), for joins with paraphrase tables")
     skip_bad_rows: bool = Field(False, description="skip bad rows (reported) instead of failing")
     dev_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of the clean train set")
     max_train_rows: int | None = Field(None, ge=1, description="seeded random subset of the training rows")

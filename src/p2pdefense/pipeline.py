@@ -58,7 +58,7 @@ def load_splits(config: RunConfig) -> Splits:
 
     def load(source: str, split: str | None = None, from_hub: bool = False) -> list[Example]:
         result: LoadResult = load_examples(
-            source, text_field=data.text_field, skip_bad_rows=data.skip_bad_rows, split=split,
+            source, text_field=data.text_field, id_field=data.id_field, skip_bad_rows=data.skip_bad_rows, split=split,
             hub_config=data.hub_config, from_hub=from_hub, **fields)
         if result.skipped:
             notes.append(f"{source}: {result.skip_summary()}")
@@ -171,7 +171,8 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
         num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids), learning_rate=default_learning_rate(config),
         best_epoch=train_report.best_epoch, epochs=train_report.epochs,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
-        eval_seconds=eval_seconds, wall_seconds=time.perf_counter() - started, data_notes=splits.notes)
+        eval_seconds=eval_seconds, wall_seconds=time.perf_counter() - started, data_notes=splits.notes,
+        attack_notes=getattr(attack, "notes", []))
     if accelerator.is_main_process:
         with staged_directory(final_dir, overwrite) as staging:
             write_text_atomic(staging / "config.yaml", to_yaml(config))

@@ -1,5 +1,6 @@
 """Every registered attack honours the same contract (adding an attack adds it here automatically)."""
 
+import json
 import random
 
 import pytest
@@ -9,17 +10,26 @@ from p2pdefense.data import synthetic_sentiment
 
 TRAIN = synthetic_sentiment(300, seed=2)
 TEST = synthetic_sentiment(60, seed=3)
-# attacks whose defaults need a resource get it here
-EXTRA: dict[str, dict] = {}
 
 
-def attack_config(name, **changes):
-    return ATTACKS[name].config_class(**{"rate": 0.1, **EXTRA.get(name, {}), **changes})
+@pytest.fixture(scope="module")
+def extra(tmp_path_factory):
+    """Attacks whose defaults need a resource get it here: paraphrase tables for every row."""
+    folder = tmp_path_factory.mktemp("tables")
+    tables = {}
+    for split, rows in (("train", TRAIN), ("test", TEST)):
+        path = folder / f"{split}.json"
+        path.write_text(json.dumps([{"idx": e.meta.source_index, "sentence": "when all is said , " + e.text}
+                                    for e in rows]), encoding="utf-8")
+        tables[split] = str(path)
+    paraphrase = {"table": tables["train"], "test_table": tables["test"]}
+    return {"synbkd": paraphrase, "stylebkd": paraphrase}
 
 
 @pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"none"}))
-def test_attack_contract(name):
-    attack = build_attack(attack_config(name), num_labels=2)
+def test_attack_contract(name, extra):
+    config = ATTACKS[name].config_class(**{"rate": 0.1, **extra.get(name, {})})
+    attack = build_attack(config, num_labels=2)
     out = attack.poison(TRAIN, random.Random(7))
     assert out == attack.poison(TRAIN, random.Random(7)), "same seed, same poison"
     assert len(out) == len(TRAIN)

@@ -14,7 +14,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,7 @@ def load_examples(
     target_field: str | None = None,
     label_names: list[str] | None = None,
     num_labels: int = 2,
+    id_field: str | None = None,
     skip_bad_rows: bool = False,
     split: str | None = None,
     hub_config: str | None = None,
@@ -167,8 +168,13 @@ def load_examples(
         try:
             if isinstance(row, DataError):
                 raise row
-            result.examples.append(_example(row, index, source, place, text_field, label_field, target_field,
-                                            label_names, num_labels))
+            example = _example(row, index, source, place, text_field, label_field, target_field,
+                               label_names, num_labels)
+            if id_field is not None:
+                if row.get(id_field) is None:
+                    raise DataError(source, place, id_field, "missing field")
+                example = replace(example, meta=replace(example.meta, source_id=str(row[id_field])))
+            result.examples.append(example)
         except DataError as err:
             if not skip_bad_rows:
                 raise

@@ -15,6 +15,8 @@ class ExampleMeta:
     """The trigger text an attack inserted (training or test), if any. None when hidden from a defense."""
     benign: bool = False
     """True if a defense (P2P) put its benign trigger and shifted output on this example."""
+    source_id: str | None = None
+    """The row's own id (data.id_field, e.g. SST-2's `idx`), for joins with external tables."""
 
 
 @dataclass(frozen=True)
