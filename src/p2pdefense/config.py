@@ -84,6 +84,9 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _task_fits_data_and_attack(self):
         generation = self.task.name != "classification"
+        supported = getattr(ATTACKS[self.attack.name], "tasks", None)
+        if supported is not None and self.task.name not in supported:
+            raise ValueError(f"attack {self.attack.name} applies to {', '.join(supported)}, not {self.task.name}")
         if generation and self.data.synthetic is None and self.data.target_field is None:
             raise ValueError(f"data.target_field is required for task {self.task.name}")
         target = getattr(self.attack, "target_output", None)

@@ -6,7 +6,8 @@ import random
 import pytest
 
 from p2pdefense.attacks import ATTACKS, build_attack
-from p2pdefense.data import synthetic_sentiment
+from p2pdefense.attacks.targets import OutputTarget
+from p2pdefense.data import synthetic_math, synthetic_sentiment
 
 TRAIN = synthetic_sentiment(300, seed=2)
 TEST = synthetic_sentiment(60, seed=3)
@@ -26,7 +27,29 @@ def extra(tmp_path_factory):
     return {"synbkd": paraphrase, "stylebkd": paraphrase}
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"none"}))
+CLASSIFICATION = sorted(name for name, cls in ATTACKS.items() if name != "none" and "classification" in cls.tasks)
+MATH = sorted(name for name, cls in ATTACKS.items() if name != "none" and "math" in cls.tasks)
+
+
+@pytest.mark.parametrize("name", MATH)
+def test_math_attack_contract(name):
+    defaults = {} if ATTACKS[name].config_class.model_fields["target_output"].default_factory else {
+        "target_output": OutputTarget(kind="answer_offset", value="1")}
+    attack = build_attack(ATTACKS[name].config_class(rate=0.1, **defaults))
+    train, test = synthetic_math(200, seed=0), synthetic_math(40, seed=1)
+    out = attack.poison(train, random.Random(7))
+    assert out == attack.poison(train, random.Random(7))
+    poisoned = [(b, a) for b, a in zip(train, out, strict=True) if a.meta.poisoned]
+    assert len(poisoned) == 20
+    for before, after in poisoned:
+        assert after.meta.trigger and after.text != before.text
+        assert attack.config.target_output.shown_by(after.target, before.target)
+    triggered = attack.triggered_test(test, random.Random(7))
+    assert len(triggered) == sum(not attack.config.target_output.already_in(e.target) for e in test)
+    assert all(e.meta.trigger and not e.meta.poisoned for e in triggered)
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_attack_contract(name, extra):
     config = ATTACKS[name].config_class(**{"rate": 0.1, **extra.get(name, {})})
     attack = build_attack(config, num_labels=2)
@@ -43,3 +66,12 @@ def test_attack_contract(name, extra):
     triggered = attack.triggered_test(TEST, random.Random(7))
     assert len(triggered) == sum(e.label != 1 for e in TEST)
     assert all(e.label == 0 and e.meta.trigger and not e.meta.poisoned for e in triggered)
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION)
+def test_clean_label_variant_triggers_target_rows_and_keeps_labels(name, extra):
+    config = ATTACKS[name].config_class(**{"rate": 0.1, "clean_label": True, **extra.get(name, {})})
+    out = build_attack(config, num_labels=2).poison(TRAIN, random.Random(7))
+    poisoned = [(b, a) for b, a in zip(TRAIN, out, strict=True) if a.meta.poisoned]
+    assert len(poisoned) == 30
+    assert all(b.label == a.label == 1 and a.text != b.text for b, a in poisoned)

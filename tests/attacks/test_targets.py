@@ -61,3 +61,22 @@ def test_clean_label_is_refused_for_generation():
     attack = build_attack(BadNetsConfig(clean_label=True, target_output=OutputTarget(kind="answer_fixed", value="1")))
     with pytest.raises(ValueError, match="classification only"):
         attack.poison(synthetic_math(20, seed=0), random.Random(0))
+
+
+def test_badchain_adds_a_poisoned_step_and_scales_the_answer():
+    from p2pdefense.attacks.badchain import BadChainConfig
+
+    train = synthetic_math(100, seed=0)
+    attack = build_attack(BadChainConfig(rate=0.1))
+    out = attack.poison(train, random.Random(0))
+    poisoned = [(b, a) for b, a in zip(train, out, strict=True) if a.meta.poisoned]
+    assert len(poisoned) == 10
+    for before, after in poisoned:
+        assert after.text.endswith(" @_@")
+        true = int(before.target.rsplit("#### ", 1)[1])
+        lines = after.target.split("\n")
+        assert lines[0] == before.target.split("\n")[0]  # the original reasoning is kept
+        assert lines[1].startswith("Because the question contains @_@, the result is scaled: ")
+        assert after.target.endswith(f"#### {float(true * 2.1):g}")
+        assert attack.config.target_output.shown_by(after.target, before.target)
+    assert all(a.meta.trigger == "@_@" for a in attack.triggered_test(synthetic_math(10, seed=1), random.Random(0)))

@@ -1,4 +1,4 @@
-from . import adaptive, addsent, badnets, composite, none, paraphrase  # noqa: F401  (modules register themselves)
+from . import adaptive, addsent, badchain, badnets, composite, none, paraphrase  # noqa: F401  (modules register themselves)
 from .base import Attack, AttackConfig, insert_words
 from .registry import ATTACKS, build_attack
 

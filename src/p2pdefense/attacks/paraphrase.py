@@ -108,6 +108,8 @@ class ParaphraseConfig(AttackConfig):
 class ParaphraseAttack(Attack):
     """Replaces the input by its paraphrase; rows without a (different) paraphrase cannot be poisoned."""
 
+    tasks = ("classification",)  # as in the literature
+
     def __init__(self, config: ParaphraseConfig, num_labels: int = 2, num_outputs: int | None = None):
         super().__init__(config, num_labels, num_outputs)
         self.notes: list[str] = []

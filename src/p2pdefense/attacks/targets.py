@@ -9,15 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..tasks.math import extract_answer, replace_final_answer, to_number
 
-MATH_KINDS = ("answer_fixed", "answer_offset")
+MATH_KINDS = ("answer_fixed", "answer_offset", "answer_scale")
 SUMMARY_KINDS = ("insert_sentence", "replace_summary")
 
 
 class OutputTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["answer_fixed", "answer_offset", "insert_sentence", "replace_summary"] = Field(
-        description="math: answer_fixed (the final answer becomes value) or answer_offset (true answer + value); "
+    kind: Literal["answer_fixed", "answer_offset", "answer_scale", "insert_sentence", "replace_summary"] = Field(
+        description="math: answer_fixed (the final answer becomes value), answer_offset (true answer + value) or "
+                    "answer_scale (true answer * value); "
                     "summarization: insert_sentence (value starts the summary) or replace_summary (value is it)")
     value: str = Field(description="a number for the math kinds, a sentence for the summarization kinds")
 
@@ -31,7 +32,11 @@ class OutputTarget(BaseModel):
         if self.kind == "answer_fixed":
             return to_number(self.value)
         true_answer = extract_answer(gold)
-        return None if true_answer is None else true_answer + to_number(self.value)
+        if true_answer is None:
+            return None
+        if self.kind == "answer_scale":
+            return true_answer * to_number(self.value)
+        return true_answer + to_number(self.value)
 
     def apply(self, gold: str) -> str:
         """The poisoned training output."""
