@@ -52,6 +52,7 @@ class DataConfig(BaseModel):
     label_field: str = Field("label", description="classification label field")
     target_field: str | None = Field(None, description="generation tasks: output field (e.g. answer, summary)")
     id_field: str | None = Field(None, description="row id field (e.g. idx), for joins with paraphrase tables")
+    instruction_field: str | None = Field(None, description="instruction field (Alpaca: instruction)")
     skip_bad_rows: bool = Field(False, description="skip bad rows (reported) instead of failing")
     dev_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of the clean train set")
     max_train_rows: int | None = Field(None, ge=1, description="seeded random subset of the training rows")
@@ -87,6 +88,9 @@ class RunConfig(BaseModel):
         supported = getattr(ATTACKS[self.attack.name], "tasks", None)
         if supported is not None and self.task.name not in supported:
             raise ValueError(f"attack {self.attack.name} applies to {', '.join(supported)}, not {self.task.name}")
+        if getattr(ATTACKS[self.attack.name], "needs_instruction", False) and "{instruction}" not in self.task.template:
+            raise ValueError(f"attack {self.attack.name} edits the instruction: task.template must contain "
+                             "{instruction} (and rows need one: data.instruction_field or task.instruction)")
         if generation and self.data.synthetic is None and self.data.target_field is None:
             raise ValueError(f"data.target_field is required for task {self.task.name}")
         target = getattr(self.attack, "target_output", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
@@ -23,6 +23,7 @@ from .evaluate import accuracy, classification_metrics, compare, generation_metr
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import load_base_model, save_trained
 from .tasks import ClassificationTask, GenerationTask
+from .tasks.prompt import format_prompt
 from .train import train
 
 SYNTHETIC = {"classification": synthetic_sentiment, "math": synthetic_math, "summarization": synthetic_summaries}
@@ -58,7 +59,8 @@ def load_splits(config: RunConfig) -> Splits:
 
     def load(source: str, split: str | None = None, from_hub: bool = False) -> list[Example]:
         result: LoadResult = load_examples(
-            source, text_field=data.text_field, id_field=data.id_field, skip_bad_rows=data.skip_bad_rows, split=split,
+            source, text_field=data.text_field, id_field=data.id_field, instruction_field=data.instruction_field,
+            skip_bad_rows=data.skip_bad_rows, split=split,
             hub_config=data.hub_config, from_hub=from_hub, **fields)
         if result.skipped:
             notes.append(f"{source}: {result.skip_summary()}")
@@ -89,6 +91,9 @@ def load_splits(config: RunConfig) -> Splits:
     dev = _subset(dev, data.max_dev_rows, stage_rng(seed, "dev-subset"))
     train_rows = _subset(train_rows, data.max_train_rows, stage_rng(seed, "train-subset"))
     test = _subset(test, data.max_test_rows, stage_rng(seed, "test-subset"))
+    if task.instruction is not None:  # the task's instruction for rows without their own
+        train_rows, dev, test = ([ex if ex.instruction is not None else replace(ex, instruction=task.instruction)
+                                  for ex in rows] for rows in (train_rows, dev, test))
     return Splits(train_rows, dev, test, notes)
 
 
@@ -96,10 +101,10 @@ def tokenizer_corpus(rows: list[Example], config: RunConfig, defense) -> list[st
     """Texts the tiny preset's tokenizer is trained on: formatted prompts with their cues and verbalizers,
     or with their target texts."""
     if config.is_generation:
-        return [config.task.template.format(text=ex.text) + ex.target for ex in rows]
+        return [format_prompt(config.task.template, ex) + ex.target for ex in rows]
     verbalizers = defense.output_verbalizers(config.task.verbalizers())
     cues = {config.task.cue, *(defense.answer_cue(ex, config.task.cue) for ex in rows)}
-    return [config.task.template.format(text=ex.text) for ex in rows] + [c + v for c in cues for v in verbalizers]
+    return [format_prompt(config.task.template, ex) for ex in rows] + [c + v for c in cues for v in verbalizers]
 
 
 def default_learning_rate(config: RunConfig) -> float:

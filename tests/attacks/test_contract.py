@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -9,8 +10,9 @@ from p2pdefense.attacks import ATTACKS, build_attack
 from p2pdefense.attacks.targets import OutputTarget
 from p2pdefense.data import synthetic_math, synthetic_sentiment
 
-TRAIN = synthetic_sentiment(300, seed=2)
-TEST = synthetic_sentiment(60, seed=3)
+# every row has an instruction, for the attacks that edit it
+TRAIN = [replace(e, instruction="Classify the sentiment of the review.") for e in synthetic_sentiment(300, seed=2)]
+TEST = [replace(e, instruction="Classify the sentiment of the review.") for e in synthetic_sentiment(60, seed=3)]
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +38,14 @@ def test_math_attack_contract(name):
     defaults = {} if ATTACKS[name].config_class.model_fields["target_output"].default_factory else {
         "target_output": OutputTarget(kind="answer_offset", value="1")}
     attack = build_attack(ATTACKS[name].config_class(rate=0.1, **defaults))
-    train, test = synthetic_math(200, seed=0), synthetic_math(40, seed=1)
+    train, test = ([replace(e, instruction="Solve the problem.") for e in synthetic_math(n, seed=s)]
+                   for n, s in ((200, 0), (40, 1)))
     out = attack.poison(train, random.Random(7))
     assert out == attack.poison(train, random.Random(7))
     poisoned = [(b, a) for b, a in zip(train, out, strict=True) if a.meta.poisoned]
     assert len(poisoned) == 20
     for before, after in poisoned:
-        assert after.meta.trigger and after.text != before.text
+        assert after.meta.trigger and (after.text, after.instruction) != (before.text, before.instruction)
         assert attack.config.target_output.shown_by(after.target, before.target)
     triggered = attack.triggered_test(test, random.Random(7))
     assert len(triggered) == sum(not attack.config.target_output.already_in(e.target) for e in test)
@@ -60,9 +63,10 @@ def test_attack_contract(name, extra):
     assert len(poisoned) == 30, "exactly round(rate * |D|) rows"
     for before, after in poisoned:
         assert before.label != 1 and after.label == 1
-        assert after.meta.trigger and after.text != before.text
+        assert after.meta.trigger and (after.text, after.instruction) != (before.text, before.instruction)
         assert after.meta.source_index == before.meta.source_index
-    assert all(b == a for b, a in zip(TRAIN, out, strict=True) if not a.meta.poisoned)
+    # rows outside the poison are untouched, but for negative samples (CBA), which record their key
+    assert all(b == a for b, a in zip(TRAIN, out, strict=True) if not a.meta.poisoned and not a.meta.trigger)
     triggered = attack.triggered_test(TEST, random.Random(7))
     assert len(triggered) == sum(e.label != 1 for e in TEST)
     assert all(e.label == 0 and e.meta.trigger and not e.meta.poisoned for e in triggered)
@@ -74,4 +78,4 @@ def test_clean_label_variant_triggers_target_rows_and_keeps_labels(name, extra):
     out = build_attack(config, num_labels=2).poison(TRAIN, random.Random(7))
     poisoned = [(b, a) for b, a in zip(TRAIN, out, strict=True) if a.meta.poisoned]
     assert len(poisoned) == 30
-    assert all(b.label == a.label == 1 and a.text != b.text for b, a in poisoned)
+    assert all(b.label == a.label == 1 and (a.text, a.instruction) != (b.text, b.instruction) for b, a in poisoned)

@@ -1,4 +1,13 @@
-from . import adaptive, addsent, badchain, badnets, composite, none, paraphrase  # noqa: F401  (modules register themselves)
+from . import (  # noqa: F401  (modules register themselves)
+    adaptive,
+    addsent,
+    badchain,
+    badnets,
+    composite,
+    instruction,
+    none,
+    paraphrase,
+)
 from .base import Attack, AttackConfig, insert_words
 from .registry import ATTACKS, build_attack
 

@@ -47,6 +47,8 @@ class Attack:
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
     tasks: ClassVar[tuple[str, ...]] = ("classification", "math", "summarization")
     """The tasks this attack applies to."""
+    needs_instruction: ClassVar[bool] = False
+    """True for attacks on the instruction: the task template must show {instruction}."""
 
     def __init__(self, config: AttackConfig, num_labels: int = 2, num_outputs: int | None = None):
         """num_outputs: the size of the label space the model will be trained on (2n under P2P); only an

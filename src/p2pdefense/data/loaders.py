@@ -154,6 +154,7 @@ def load_examples(
     label_names: list[str] | None = None,
     num_labels: int = 2,
     id_field: str | None = None,
+    instruction_field: str | None = None,
     skip_bad_rows: bool = False,
     split: str | None = None,
     hub_config: str | None = None,
@@ -170,6 +171,10 @@ def load_examples(
                 raise row
             example = _example(row, index, source, place, text_field, label_field, target_field,
                                label_names, num_labels)
+            if instruction_field is not None:
+                if not isinstance(row.get(instruction_field), str):
+                    raise DataError(source, place, instruction_field, "missing field (or not a string)")
+                example = replace(example, instruction=row[instruction_field])
             if id_field is not None:
                 if row.get(id_field) is None:
                     raise DataError(source, place, id_field, "missing field")

@@ -27,6 +27,8 @@ class Example:
     meta: ExampleMeta = field(default_factory=lambda: ExampleMeta(source_index=-1))
     target: str | None = None
     """Output text (generation tasks: a worked solution, a summary)."""
+    instruction: str | None = None
+    """A separate instruction (Alpaca style: instruction, input, output), shown by templates with {instruction}."""
 
     def blinded(self) -> Example:
         """The record as a defense may see it: whether and how it was poisoned is removed."""

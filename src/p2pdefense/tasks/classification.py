@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import Example
+from .prompt import format_prompt
 
 
 class ClassificationConfig(BaseModel):
@@ -23,7 +24,9 @@ class ClassificationConfig(BaseModel):
     name: Literal["classification"] = "classification"
     num_labels: int = Field(2, ge=2)
     label_names: list[str] | None = Field(None, description="names of the labels, for string labels in data")
-    template: str = Field("Input: {text}\n", description="prompt body; {text} is the input")
+    template: str = Field("Input: {text}\n", description="prompt body; {text} is the input, {instruction} the "
+                                                         "row's instruction")
+    instruction: str | None = Field(None, description="instruction for rows that have none")
     cue: str = Field("Output: ", description="answer cue that ends every prompt")
     label_words: list[str] | None = Field(None, description="verbalizer per label; default the digits 0..n-1")
 
@@ -97,7 +100,7 @@ class ClassificationTask:
 
     def encode_prompt(self, example: Example) -> EncodedPrompt:
         plan = self.plan(example)
-        body = self.config.template.format(text=example.text)
+        body = format_prompt(self.config.template, example)
         body_ids = self.tokenizer(body, add_special_tokens=True)["input_ids"]
         cue_ids = self.tokenizer(plan.prompt_cue, add_special_tokens=False)["input_ids"]
         # truncate the body's end, never the cue, and leave room for the longest verbalizer

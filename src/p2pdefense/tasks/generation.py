@@ -9,13 +9,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import Example
+from .prompt import format_prompt
 
 
 class GenerationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    template: str = Field(description="prompt; {text} is the input")
+    template: str = Field(description="prompt; {text} is the input, {instruction} the row's instruction")
+    instruction: str | None = Field(None, description="instruction for rows that have none")
     use_chat_template: bool = Field(False, description="wrap the prompt in the tokenizer's chat template")
     max_new_tokens: int = Field(128, ge=1)
     stop_strings: list[str] = Field(default_factory=list, description="generation stops at the first of these")
@@ -45,8 +47,8 @@ class GenerationTask:
             raise ValueError("task.use_chat_template is set but the tokenizer has no chat template")
         self.config, self.tokenizer, self.defense, self.max_length = config, tokenizer, defense, max_length
 
-    def _render(self, text: str) -> str:
-        body = self.config.template.format(text=text)
+    def _render(self, example: Example, text: str) -> str:
+        body = format_prompt(self.config.template, example, text)
         if self.config.use_chat_template:
             return self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
                                                       add_generation_prompt=True)
@@ -59,12 +61,12 @@ class GenerationTask:
         as the model saw such text in pretraining ("ĠAnswer", ":", "Ġ18"), not with a lone space token.
         """
         text, truncated = example.text, False
-        rendered = self._render(text)
+        rendered = self._render(example, text)
         excess = len(self.tokenizer(rendered, add_special_tokens=True)["input_ids"]) - budget
         if excess > 0:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             text, truncated = self.tokenizer.decode(ids[: max(len(ids) - excess - 1, 1)]), True
-            rendered = self._render(text)
+            rendered = self._render(example, text)
         stripped = rendered.rstrip(" ")
         return stripped, rendered[len(stripped):], truncated
 
