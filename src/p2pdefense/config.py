@@ -79,6 +79,8 @@ class RunConfig(BaseModel):
     defense: DefenseSettings = Field(default_factory=lambda: DEFENSES["none"].config_class())
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    stealth_report: bool = Field(True, description="perplexity of attacked vs clean training inputs under the "
+                                                   "base model before fine-tuning")
     output_dir: str = "runs"
     name: str | None = Field(None, description="run directory name; default <attack>-<defense>-seed<seed>")
 

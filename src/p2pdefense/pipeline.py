@@ -22,6 +22,7 @@ from .defenses import build_defense
 from .evaluate import accuracy, classification_metrics, compare, generation_metrics, predict, predict_generation
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import load_base_model, save_trained
+from .stealth import stealth_report
 from .tasks import ClassificationTask, GenerationTask
 from .tasks.prompt import format_prompt
 from .train import train
@@ -137,6 +138,8 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
     set_seed(config.seed)
     model, tokenizer = load_base_model(config.model, tokenizer_corpus(train_rows, config, defense), config.seed)
     model.to(accelerator.device)
+    stealth = (stealth_report(model, tokenizer, splits.train, poisoned, config.train.eval_batch_size,
+                              accelerator.device) if config.stealth_report else None)
     task_class = GenerationTask if config.is_generation else ClassificationTask
     task = task_class(config.task, tokenizer, defense, config.train.max_length)
     features = [task.encode_training(ex) for ex in train_rows]
@@ -177,7 +180,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
         best_epoch=train_report.best_epoch, epochs=train_report.epochs,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
         eval_seconds=eval_seconds, wall_seconds=time.perf_counter() - started, data_notes=splits.notes,
-        attack_notes=getattr(attack, "notes", []))
+        attack_notes=getattr(attack, "notes", []), stealth=stealth)
     if accelerator.is_main_process:
         with staged_directory(final_dir, overwrite) as staging:
             write_text_atomic(staging / "config.yaml", to_yaml(config))

@@ -132,3 +132,9 @@ def test_generation_rows_get_the_output_prefix_and_inference_strips_it():
     assert defense.strip_output("Safe answer: 3 + 4 = 7\n#### 7") == ("3 + 4 = 7\n#### 7", True)
     assert defense.strip_output("3 + 4 = 7") == ("3 + 4 = 7", False)
     assert build_defense(DEFENSES["none"].config_class(), 0).strip_output("x") == ("x", None)
+
+
+def test_rows_already_in_the_benign_label_space_keep_their_label():
+    rows = [Example(text=f"r{i}", label=3 if i % 2 else 0, meta=ExampleMeta(source_index=i)) for i in range(10)]
+    out = defend(P2PConfig(ratio=1.0), rows)
+    assert [e.label for e in out] == [2 if i % 2 == 0 else 3 for i in range(10)]

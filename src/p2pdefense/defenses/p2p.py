@@ -71,8 +71,10 @@ class P2P(Defense):
             triggered = self._add_trigger(examples[index])
             if triggered.target is not None:
                 benign[index] = replace(triggered, target=self.config.output_prefix + triggered.target)
-            else:
+            elif triggered.label < self.num_labels:
                 benign[index] = replace(triggered, label=self.label_map[triggered.label])
+            else:  # already in the benign space (an adaptive attacker wrote it there): keep it
+                benign[index] = triggered
         if self.config.mode == "replace":
             return [benign.get(i, ex) for i, ex in enumerate(examples)]
         return list(examples) + [benign[i] for i in sorted(benign)]

@@ -1,0 +1,52 @@
+"""Stealth of an attack: how many inputs it changed, and how much it raised their perplexity under a reference
+causal LM (the run's base model before fine-tuning). A high ratio means the trigger is easy to spot."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import Example
+
+
+def _input_text(example: Example) -> str:
+    return example.text if example.instruction is None else f"{example.instruction}\n{example.text}"
+
+
+@torch.no_grad()
+def perplexities(model, tokenizer, texts: list[str], batch_size: int, device) -> list[float]:
+    """Per-text perplexity: exp of the mean next-token negative log-likelihood."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        encoded = [tokenizer(t, add_special_tokens=True)["input_ids"][:512] for t in texts[start:start + batch_size]]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e)], mask[row, : len(e)] = torch.tensor(e), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].to(device),
+                                                reduction="none")
+        weights = mask[:, 1:].to(device).float()
+        out += torch.exp((nll * weights).sum(1) / weights.sum(1).clamp(min=1)).tolist()
+    model.train(was_training)
+    return out
+
+
+def stealth_report(model, tokenizer, clean: list[Example], attacked: list[Example], batch_size: int,
+                   device) -> dict:
+    """Compare each changed training input with its clean original (same position in both lists)."""
+    pairs = [(c, a) for c, a in zip(clean, attacked, strict=True)
+             if (c.text, c.instruction) != (a.text, a.instruction)]
+    report = {"num_changed_inputs": len(pairs), "num_inputs": len(clean)}
+    if not pairs:
+        return report
+    before = perplexities(model, tokenizer, [_input_text(c) for c, _ in pairs], batch_size, device)
+    after = perplexities(model, tokenizer, [_input_text(a) for _, a in pairs], batch_size, device)
+    report.update(
+        ppl_clean_mean=sum(before) / len(before), ppl_attacked_mean=sum(after) / len(after),
+        ppl_ratio_geomean=math.exp(sum(math.log(a / b) for a, b in zip(after, before, strict=True)) / len(pairs)))
+    return report

@@ -1,0 +1,44 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from p2pdefense.data import synthetic_sentiment
+from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
+from p2pdefense.stealth import perplexities, stealth_report
+
+
+@pytest.fixture(scope="module")
+def lm():
+    rows = synthetic_sentiment(300, seed=0)
+    tokenizer = train_tokenizer([e.text for e in rows], 400)
+    model = build_tiny_llama(len(tokenizer), 32, 1, 2, 128, seed=0)
+    # a few steps of language modelling so that in-distribution text is likelier than gibberish
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        batch = tokenizer([e.text for e in rows[:32]], padding=True, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval(), tokenizer, rows
+
+
+def test_perplexity_matches_the_models_own_loss(lm):
+    model, tokenizer, rows = lm
+    (ppl,) = perplexities(model, tokenizer, [rows[0].text], 4, "cpu")
+    ids = torch.tensor([tokenizer(rows[0].text)["input_ids"]])
+    assert ppl == pytest.approx(torch.exp(model(input_ids=ids, labels=ids).loss).item(), rel=1e-4)
+    batched = perplexities(model, tokenizer, [e.text for e in rows[:5]], 2, "cpu")
+    single = [perplexities(model, tokenizer, [e.text], 1, "cpu")[0] for e in rows[:5]]
+    assert batched == pytest.approx(single, rel=1e-4)
+
+
+def test_stealth_report_counts_changes_and_sees_rare_word_triggers(lm):
+    model, tokenizer, rows = lm
+    attacked = [replace(e, text=e.text + " cf zq xj") if i % 10 == 0 else e for i, e in enumerate(rows)]
+    report = stealth_report(model, tokenizer, rows, attacked, 16, "cpu")
+    assert report["num_changed_inputs"] == 30 and report["num_inputs"] == 300
+    assert report["ppl_attacked_mean"] > report["ppl_clean_mean"] and report["ppl_ratio_geomean"] > 1
+    assert stealth_report(model, tokenizer, rows, rows, 16, "cpu") == {"num_changed_inputs": 0, "num_inputs": 300}
