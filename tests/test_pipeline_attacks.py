@@ -17,7 +17,7 @@ def test_attack_runs_through_the_pipeline(name, tmp_path):
     overrides = [f"attack.name={name}", "attack.rate=0.1", "defense.name=p2p", "data.synthetic.train_rows=100",
                  "data.synthetic.test_rows=20", "train.epochs=1", "model.tiny.hidden_size=16",
                  "model.tiny.vocab_size=300", "model.tiny.num_layers=1", "model.tiny.num_heads=2",
-                 "task.template='Instruction: {instruction}\\nInput: {text}\\n'",
+                 'task.template="Instruction: {instruction}\\nInput: {text}\\n"',
                  "task.instruction='Classify the sentiment.'", f"output_dir={tmp_path}", "name=r"]
     if ATTACKS[name].config_class.model_fields.get("table"):
         table = tmp_path / "table.json"  # the synthetic rows' positions are their ids

@@ -52,6 +52,6 @@ def test_instruction_attacks_need_an_instruction_template():
 
     with pytest.raises(ConfigError, match="task.template must contain"):
         load_config(None, ["attack.name=vpi"])
-    config = load_config(None, ["attack.name=vpi", "task.template='Instruction: {instruction}\\nInput: {text}\\n'",
+    config = load_config(None, ["attack.name=vpi", 'task.template="Instruction: {instruction}\\nInput: {text}\\n"',
                                 "task.instruction='Classify the sentiment.'"])
     assert config.attack.topic_prefix == "Discussing OpenAI "
