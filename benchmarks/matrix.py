@@ -37,8 +37,16 @@ SETTINGS = {
     # projection, lr 5e-4, 10% poison
     "smollm2-strong": ("sst2_badnets_p2p.yaml", SST2 + SMOLLM2_SUBSET + [
         "attack.rate=0.1", "train.learning_rate=5e-4", "model.lora.target_modules=all-linear"]),
+    # stronger still: more poisoned rows (300), a higher learning rate
+    "smollm2-strong2": ("sst2_badnets_p2p.yaml", SST2 + [
+        "model.preset=smollm2-135m", "data.max_train_rows=1500", "data.max_test_rows=400", "data.dev_fraction=0.03",
+        "train.epochs=2", "train.batch_size=16", "attack.rate=0.2", "train.learning_rate=1e-3",
+        "model.lora.target_modules=all-linear"]),
     # GSM8K, BadNets "cf" 5%, attacker answer = true answer + 1, SmolLM2 with LoRA on every projection
-    "gsm8k-smollm2": ("gsm8k_badnets_p2p.yaml", ["data.train={data}/gsm8k/train.jsonl"]),
+    # (sized for ~20 minutes on 2 CPU cores: 200 training problems, 40 test problems)
+    "gsm8k-smollm2": ("gsm8k_badnets_p2p.yaml", [
+        "data.train={data}/gsm8k/train.jsonl", "data.max_train_rows=200", "data.max_test_rows=40",
+        "data.max_dev_rows=10", "task.max_new_tokens=160"]),
 }
 
 
