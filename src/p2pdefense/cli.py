@@ -14,16 +14,13 @@ from rich.table import Table
 from .config import ConfigError, RunConfig, load_config, to_yaml
 from .data import DataError
 from .io import write_jsonl_atomic
+from .report import pct
 
 app = typer.Typer(help="P2P (Poison-to-Poison) defense against data-poisoning backdoors in LLM fine-tuning: "
                        "simulate attacks, defend, fine-tune and measure CA and ASR.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 # a wide console when piped (logs, CI), so the results table is never cut
 console = Console() if sys.stdout.isatty() else Console(width=140)
-
-
-def _pct(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def print_table(rows: list[dict], title: str) -> None:
@@ -35,10 +32,10 @@ def print_table(rows: list[dict], title: str) -> None:
                    "CA drop", "ASR red. (rel.)", "best epoch"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for r in rows:
-        table.add_row(r["setting"], _pct(r["ca"]), _pct(r["asr"]), _pct(r["asr_strict"]),
-                      _pct(r.get("prefix_compliance") if generation else r["out_of_space"]),
+        table.add_row(r["setting"], pct(r["ca"]), pct(r["asr"]), pct(r["asr_strict"]),
+                      pct(r.get("prefix_compliance") if generation else r["out_of_space"]),
                       "" if "ca_drop" not in r else f"{100 * r['ca_drop']:.1f} pts",
-                      "" if r.get("asr_reduction_rel") is None else f"{_pct(r['asr_reduction_rel'])} %",
+                      "" if r.get("asr_reduction_rel") is None else f"{pct(r['asr_reduction_rel'])} %",
                       str(r["best_epoch"]))
     console.print(table)
     for r in rows:

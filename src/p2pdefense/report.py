@@ -6,7 +6,8 @@ import statistics
 from collections import defaultdict
 
 
-def _pct(value) -> str:
+def pct(value) -> str:
+    """A fraction as a percentage with one decimal; n/a for None."""
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
@@ -18,11 +19,11 @@ def markdown_table(rows: list[dict]) -> str:
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         ca_drop = "" if "ca_drop" not in r else f"{100 * r['ca_drop']:.1f}"
-        reduction = "" if r.get("asr_reduction_rel") is None else _pct(r["asr_reduction_rel"])
+        reduction = "" if r.get("asr_reduction_rel") is None else pct(r["asr_reduction_rel"])
         space = r["out_of_space"] if "out_of_space" in r else r.get("prefix_compliance")
         lines.append(
-            f"| {r['setting']} | {r['attack']} | {r['defense']} | {r['seed']} | {_pct(r['ca'])} | "
-            f"{_pct(r['asr'])} | {_pct(r['asr_strict'])} | {_pct(space)} | {ca_drop} | "
+            f"| {r['setting']} | {r['attack']} | {r['defense']} | {r['seed']} | {pct(r['ca'])} | "
+            f"{pct(r['asr'])} | {pct(r['asr_strict'])} | {pct(space)} | {ca_drop} | "
             f"{reduction} | {r['best_epoch']} | {r['run_dir']} |")
     return "\n".join(lines) + "\n"
 
