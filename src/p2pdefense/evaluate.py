@@ -117,6 +117,8 @@ class GenerationPrediction:
     prefix_compliant: bool | None
     """Did `raw` start with the defense's output prefix (None: the defense uses none)."""
     gold: str
+    new_tokens: int
+    """Tokens generated (up to the end of sequence or a stop string)."""
     score: dict
     """math: correct, answer (extracted), gold_answer; summarization: rouge1, rouge2, rougeL."""
     attack_success: bool | None
@@ -128,18 +130,20 @@ class GenerationPrediction:
 
 def predict_generation(model, task: GenerationTask, examples: list[Example], split: str, batch_size: int,
                        device, target: OutputTarget | None = None) -> tuple[list[GenerationPrediction], float]:
-    """Generate for every example (the defense's inference stage applied), strip the prefix, score."""
+    """Generate for every example (the defense's inference stage applied), strip the prefix, score.
+    Returns the predictions and the seconds spent decoding."""
     inputs = [task.defense.at_inference(ex) for ex in examples]
-    generations, tokens_per_s = task.generate(model, inputs, batch_size, device)
+    generations, seconds = task.generate(model, inputs, batch_size, device)
     score_one, _ = SCORERS[task.config.name]
     predictions = []
     for i, (ex, gen) in enumerate(zip(inputs, generations, strict=True)):
         output, compliant = task.defense.strip_output(gen.raw)
         predictions.append(GenerationPrediction(
             id=f"{split}-{i}", source_index=ex.meta.source_index, split=split, input=gen.prompt_text, raw=gen.raw,
-            output=output, prefix_compliant=compliant, gold=ex.target, score=score_one(output, ex.target),
+            output=output, prefix_compliant=compliant, gold=ex.target, new_tokens=gen.new_tokens,
+            score=score_one(output, ex.target),
             attack_success=None if target is None else target.shown_by(output, ex.target)))
-    return predictions, tokens_per_s
+    return predictions, seconds
 
 
 def generation_metrics(task_name: str, clean: list[GenerationPrediction],

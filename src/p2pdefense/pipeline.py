@@ -157,12 +157,13 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
     model = accelerator.unwrap_model(model)
     eval_start = time.perf_counter()
     if config.is_generation:
-        clean, clean_rate = predict_generation(model, task, splits.test, "clean", batch, device)
-        triggered, triggered_rate = predict_generation(model, task, triggered_test, "triggered", batch, device,
-                                                       output_target)
+        clean, clean_seconds = predict_generation(model, task, splits.test, "clean", batch, device)
+        triggered, triggered_seconds = predict_generation(model, task, triggered_test, "triggered", batch, device,
+                                                          output_target)
         metrics = generation_metrics(config.task.name, clean, triggered)
+        generated = sum(p.new_tokens for p in clean + triggered)
         metrics.update(ca=metrics[config.task.quality_metric], quality_metric=config.task.quality_metric,
-                       generation_tokens_per_s=(clean_rate + triggered_rate) / 2 if triggered else clean_rate)
+                       generation_tokens_per_s=generated / max(clean_seconds + triggered_seconds, 1e-9))
     else:
         clean = predict(model, task, splits.test, "clean", batch, device)
         triggered = predict(model, task, triggered_test, "triggered", batch, device)

@@ -38,8 +38,8 @@ def test_long_inputs_are_cut_to_fit(tokenizer):
 def test_batched_left_padded_decoding_equals_one_example_at_a_time(tokenizer):
     model = build_tiny_llama(len(tokenizer), 32, 1, 2, 512, seed=0).eval()
     task = make_task(tokenizer, max_new_tokens=12, stop_strings=[])
-    batched, rate = task.generate(model, ROWS[:6], batch_size=6, device="cpu")
-    assert rate > 0
+    batched, seconds = task.generate(model, ROWS[:6], batch_size=6, device="cpu")
+    assert seconds > 0
     for example, generation in zip(ROWS[:6], batched, strict=True):
         assert generation.prompt_text == f"Question: {example.text}\nAnswer:"  # results come back in order
         ids = torch.tensor([tokenizer(generation.prompt_text)["input_ids"]])

@@ -79,7 +79,7 @@ class GenerationTask:
 
     @torch.no_grad()
     def generate(self, model, examples: list[Example], batch_size: int, device) -> tuple[list[Generation], float]:
-        """Greedy decoding in left-padded batches; returns the generations and generated tokens per second."""
+        """Greedy decoding in left-padded batches; returns the generations and the seconds spent decoding."""
         was_training = model.training
         model.eval()
         tokenizer, budget = self.tokenizer, self.max_length - self.config.max_new_tokens
@@ -87,7 +87,7 @@ class GenerationTask:
         encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
-        new_tokens, start = 0, time.perf_counter()
+        start = time.perf_counter()
         for offset in range(0, len(order), batch_size):
             chunk = order[offset:offset + batch_size]
             width = max(len(encoded[i]) for i in chunk)
@@ -110,7 +110,6 @@ class GenerationTask:
                 text = tokenizer.decode(generated, skip_special_tokens=True)
                 for stop in self.config.stop_strings:
                     text = text.split(stop, 1)[0]
-                new_tokens += len(generated)
                 results[i] = Generation(prompts[i], text.strip(), len(generated))
         model.train(was_training)
-        return results, new_tokens / max(time.perf_counter() - start, 1e-9)
+        return results, time.perf_counter() - start
