@@ -42,3 +42,31 @@ def test_stealth_report_counts_changes_and_sees_rare_word_triggers(lm):
     assert report["num_changed_inputs"] == 30 and report["num_inputs"] == 300
     assert report["ppl_attacked_mean"] > report["ppl_clean_mean"] and report["ppl_ratio_geomean"] > 1
     assert stealth_report(model, tokenizer, rows, rows, 16, "cpu") == {"num_changed_inputs": 0, "num_inputs": 300}
+
+
+def test_pipeline_uses_a_separate_reference_model_when_asked(lm, tmp_path):
+    from p2pdefense.config import load_config
+    from p2pdefense.pipeline import run
+
+    model, tokenizer, _ = lm
+    model.save_pretrained(tmp_path / "reference-lm")
+    tokenizer.save_pretrained(tmp_path / "reference-lm")
+    common = ["attack.name=badnets", "attack.rate=0.1", "data.synthetic.train_rows=60", "data.synthetic.test_rows=20",
+              "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300", f"output_dir={tmp_path}"]
+    _, own = run(load_config(None, [*common, "name=own"]))
+    _, ref = run(load_config(None, [*common, "name=ref", f"stealth_reference={tmp_path / 'reference-lm'}"]))
+    assert own["stealth"]["reference"] == "base model" and ref["stealth"]["reference"] == str(tmp_path / "reference-lm")
+    assert own["stealth"]["num_changed_inputs"] == ref["stealth"]["num_changed_inputs"] == 5
+    expected = stealth_report(model, tokenizer, *_clean_and_attacked(common), 64, "cpu")
+    assert ref["stealth"]["ppl_clean_mean"] == pytest.approx(expected["ppl_clean_mean"], rel=1e-4)
+
+
+def _clean_and_attacked(overrides):
+    from p2pdefense.attacks import build_attack
+    from p2pdefense.config import load_config
+    from p2pdefense.pipeline import load_splits, stage_rng
+
+    config = load_config(None, overrides)
+    splits = load_splits(config)
+    attacked = build_attack(config.attack, 2, 2).poison(splits.train, stage_rng(config.seed, "attack"))
+    return splits.train, attacked

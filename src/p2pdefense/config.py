@@ -79,8 +79,11 @@ class RunConfig(BaseModel):
     defense: DefenseSettings = Field(default_factory=lambda: DEFENSES["none"].config_class())
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    stealth_report: bool = Field(True, description="perplexity of attacked vs clean training inputs under the "
-                                                   "base model before fine-tuning")
+    stealth_report: bool = Field(True, description="perplexity of attacked vs clean training inputs under a "
+                                                   "reference causal LM")
+    stealth_reference: str | None = Field(
+        None, description="the reference LM: smollm2-135m, a hub id or a local path; default the run's base model "
+                          "before fine-tuning")
     output_dir: str = "runs"
     name: str | None = Field(None, description="run directory name; default <attack>-<defense>-seed<seed>")
 

@@ -21,7 +21,7 @@ from .data import Example, LoadResult, load_examples, synthetic_math, synthetic_
 from .defenses import build_defense
 from .evaluate import accuracy, classification_metrics, compare, generation_metrics, predict, predict_generation
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .models import load_base_model, save_trained
+from .models import ModelConfig, load_base_model, save_trained
 from .stealth import stealth_report
 from .tasks import ClassificationTask, GenerationTask
 from .tasks.prompt import format_prompt
@@ -138,8 +138,18 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
     set_seed(config.seed)
     model, tokenizer = load_base_model(config.model, tokenizer_corpus(train_rows, config, defense), config.seed)
     model.to(accelerator.device)
-    stealth = (stealth_report(model, tokenizer, splits.train, poisoned, config.train.eval_batch_size,
-                              accelerator.device) if config.stealth_report else None)
+    stealth = None
+    if config.stealth_report:
+        reference, reference_tokenizer = model, tokenizer
+        if config.stealth_reference is not None:
+            source = ({"preset": "smollm2-135m"} if config.stealth_reference == "smollm2-135m"
+                      else {"preset": None, "name_or_path": config.stealth_reference})
+            reference, reference_tokenizer = load_base_model(ModelConfig(**source, finetune="full"))
+            reference.to(accelerator.device)
+        stealth = stealth_report(reference, reference_tokenizer, splits.train, poisoned,
+                                 config.train.eval_batch_size, accelerator.device)
+        stealth["reference"] = config.stealth_reference or "base model"
+        del reference
     task_class = GenerationTask if config.is_generation else ClassificationTask
     task = task_class(config.task, tokenizer, defense, config.train.max_length)
     features = [task.encode_training(ex) for ex in train_rows]

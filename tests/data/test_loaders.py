@@ -168,3 +168,22 @@ def test_shared_gsm8k_and_crrsum_load(shared_data):
     assert len(gsm8k) == 7473 and all("####" in e.target for e in gsm8k)
     crrsum = load_examples(str(shared_data / "crrsum" / "dev.json"), text_field="0", target_field="1").examples
     assert len(crrsum) == 901
+
+
+def test_alpaca_style_rows_load_with_their_instruction_and_format(tmp_path):
+    from p2pdefense.tasks.prompt import format_prompt
+
+    path = write_jsonl(tmp_path / "alpaca.jsonl", [
+        {"instruction": "Summarize the text.", "input": "Ava opened a shop.", "output": "A shop opened."},
+        {"input": "no instruction here", "output": "x"}])
+    with pytest.raises(DataError, match="line 2, field 'instruction': missing field"):
+        load_examples(str(path), text_field="input", target_field="output", instruction_field="instruction")
+    (row,) = load_examples(str(path), text_field="input", target_field="output", instruction_field="instruction",
+                           skip_bad_rows=True).examples
+    assert (row.instruction, row.text, row.target) == ("Summarize the text.", "Ava opened a shop.", "A shop opened.")
+    template = "Instruction: {instruction}\nInput: {text}\nResponse: "
+    assert format_prompt(template, row) == "Instruction: Summarize the text.\nInput: Ava opened a shop.\nResponse: "
+    assert format_prompt("Input: {text}\n", row) == "Input: Ava opened a shop.\n"
+    with pytest.raises(ValueError, match="needs an instruction but row 0 has none"):
+        format_prompt(template, load_examples(str(path), text_field="input", target_field="output",
+                                              skip_bad_rows=True).examples[0])
