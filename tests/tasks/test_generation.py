@@ -30,9 +30,9 @@ def test_training_puts_loss_on_the_target_and_eos_only(tokenizer):
 def test_long_inputs_are_cut_to_fit(tokenizer):
     task = make_task(tokenizer)
     long = Example(text=" ".join(["apples"] * 400), target="#### 1", meta=ExampleMeta(source_index=0))
-    prompt, carried, truncated = task.prompt(long, 60)
+    prompt, ids, carried, truncated = task.prompt(long, 60)
     assert truncated and carried == " " and prompt.endswith("\nAnswer:")
-    assert len(tokenizer(prompt)["input_ids"]) <= 60
+    assert ids == tokenizer(prompt)["input_ids"] and len(ids) <= 60
 
 
 def test_batched_left_padded_decoding_equals_one_example_at_a_time(tokenizer):
@@ -66,7 +66,7 @@ def test_chat_template_wraps_the_prompt(tokenizer):
                                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     try:
         task = make_task(tokenizer, use_chat_template=True)
-        prompt, _, _ = task.prompt(ROWS[0], 256)
+        prompt, _, _, _ = task.prompt(ROWS[0], 256)
         assert prompt == f"<|user|>Question: {ROWS[0].text}\nAnswer: <|end|><|assistant|>"
     finally:
         tokenizer.chat_template = None

@@ -54,25 +54,28 @@ class GenerationTask:
                                                       add_generation_prompt=True)
         return body
 
-    def prompt(self, example: Example, budget: int) -> tuple[str, str, bool]:
-        """(prompt text, whitespace carried to the target, truncated?), the input cut to fit `budget` tokens.
+    def prompt(self, example: Example, budget: int) -> tuple[str, list[int], str, bool]:
+        """(prompt text, its token ids, whitespace carried to the target, truncated?), the input cut so that
+        the prompt fits `budget` tokens; each prompt is tokenized once (twice when it must be cut).
 
         Trailing whitespace of the prompt moves to the start of the target, so that "Answer: 18" tokenizes
         as the model saw such text in pretraining ("ĠAnswer", ":", "Ġ18"), not with a lone space token.
         """
-        text, truncated = example.text, False
-        rendered = self._render(example, text)
-        excess = len(self.tokenizer(rendered, add_special_tokens=True)["input_ids"]) - budget
-        if excess > 0:
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            text, truncated = self.tokenizer.decode(ids[: max(len(ids) - excess - 1, 1)]), True
-            rendered = self._render(example, text)
+        rendered = self._render(example, example.text)
         stripped = rendered.rstrip(" ")
-        return stripped, rendered[len(stripped):], truncated
+        ids = self.tokenizer(stripped, add_special_tokens=True)["input_ids"]
+        excess = len(ids) - budget
+        if excess > 0:
+            text_ids = self.tokenizer(example.text, add_special_tokens=False)["input_ids"]
+            text = self.tokenizer.decode(text_ids[: max(len(text_ids) - excess - 1, 1)])
+            rendered = self._render(example, text)
+            stripped = rendered.rstrip(" ")
+            ids = self.tokenizer(stripped, add_special_tokens=True)["input_ids"]
+        return stripped, ids, rendered[len(stripped):], excess > 0
 
     def encode_training(self, example: Example) -> dict[str, list[int]]:
-        prompt, carried, _ = self.prompt(example, self.max_length // 2)
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        # the prompt gets at most half of max_length, so that the target is never cut to nothing
+        _, prompt_ids, carried, _ = self.prompt(example, self.max_length // 2)
         target_ids = self.tokenizer(carried + example.target, add_special_tokens=False)["input_ids"]
         target_ids = (target_ids + [self.tokenizer.eos_token_id])[: self.max_length - len(prompt_ids)]
         return {"input_ids": prompt_ids + target_ids, "labels": [-100] * len(prompt_ids) + target_ids}
@@ -83,8 +86,8 @@ class GenerationTask:
         was_training = model.training
         model.eval()
         tokenizer, budget = self.tokenizer, self.max_length - self.config.max_new_tokens
-        prompts = [self.prompt(ex, budget)[0] for ex in examples]
-        encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        prompted = [self.prompt(ex, budget) for ex in examples]
+        prompts, encoded = [p[0] for p in prompted], [p[1] for p in prompted]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
         start = time.perf_counter()
