@@ -1,13 +1,21 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from p2pdefense.models.tiny import build_tiny_llama
-from p2pdefense.train import LengthGroupedBatches, TrainConfig, answer_loss, collate, train
+from p2pdefense.train import LengthGroupedBatches, TrainConfig, TrainingDiverged, answer_loss, collate, train
 
 
 def test_length_grouped_batches_cover_every_row_once_and_repeat_per_seed():
     lengths = [((i * 37) % 50) + 1 for i in range(203)]
     sampler = LengthGroupedBatches(lengths, 8, seed=3, group_by_length=True)
     first = list(sampler)
+    assert first == list(sampler)  # the order is a function of (seed, epoch), not of how often it was read
+    sampler.shuffle_for_epoch(1)
     second_epoch = list(sampler)
     assert sorted(i for b in first for i in b) == list(range(203))
     assert first != second_epoch  # reshuffled each epoch
@@ -53,3 +61,76 @@ def test_training_learns_and_keeps_the_best_dev_epoch():
     assert report.best_epoch == best
     assert dev_score(model) == max(seen)  # the best epoch's weights were restored
     assert report.tokens_per_s > 0 and not model.training
+
+
+def test_two_processes_follow_the_same_schedule_and_weights_as_one_process_with_the_same_global_batch(tmp_path):
+    script = Path(__file__).with_name("distributed_train.py")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"processes-{p}" / "report.json").read_text()) for p in (1, 2))
+    assert two["processes"] == 2 and one["processes"] == 1
+    # 3 epochs x 6 global batches: the LR decays linearly to 0 at the last step, not halfway
+    assert len(one["learning_rates"]) == len(two["learning_rates"]) == 18
+    assert two["learning_rates"] == pytest.approx(one["learning_rates"])
+    assert two["learning_rates"][8] > 0 and two["learning_rates"][-1] == 0
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    weights_one, weights_two = (torch.load(tmp_path / f"processes-{p}" / "weights.pt") for p in (1, 2))
+    for name, value in weights_one.items():
+        assert torch.allclose(value, weights_two[name], atol=1e-5), name
+
+
+def toy_features():
+    return [{"input_ids": [i % 10 + 2, 1, i % 10 + 12], "labels": [-100, -100, i % 10 + 12]} for i in range(64)]
+
+
+def toy_dev_score(m):
+    with torch.no_grad():
+        logits = m(input_ids=torch.tensor([[k + 2, 1] for k in range(10)])).logits[:, -1]
+    return (logits.argmax(-1) == torch.arange(10) + 12).float().mean().item()
+
+
+def test_a_run_stopped_after_epoch_two_resumes_to_the_same_weights_and_report(tmp_path):
+    config = TrainConfig(epochs=4, batch_size=8)
+    reference = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
+    full = train(reference, toy_features(), 0, config, 1e-2, seed=0, dev_score=toy_dev_score)
+
+    calls = []
+
+    def dies_in_epoch_three(m):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return toy_dev_score(m)
+
+    first = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(first, toy_features(), 0, config, 1e-2, seed=0, dev_score=dies_in_epoch_three,
+              checkpoint_dir=tmp_path)
+    assert (tmp_path / "latest").read_text() == "epoch-2"
+    resumed_model = build_tiny_llama(30, 32, 1, 2, 64, seed=0)  # a fresh process: base weights only
+    resumed = train(resumed_model, toy_features(), 0, config, 1e-2, seed=0, dev_score=toy_dev_score,
+                    checkpoint_dir=tmp_path, resume=True)
+    assert resumed.resumed_from_epoch == 2
+    assert [e["loss"] for e in resumed.epochs] == pytest.approx([e["loss"] for e in full.epochs])
+    assert resumed.learning_rates == pytest.approx(full.learning_rates)
+    assert resumed.best_epoch == full.best_epoch
+    for (name, a), b in zip(reference.state_dict().items(), resumed_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_nan_loss_stops_training_and_names_the_kept_checkpoint(tmp_path, monkeypatch):
+    from p2pdefense import train as train_module
+
+    real_loss, calls = train_module.answer_loss, []
+
+    def nan_in_epoch_two(model, batch, reduction="mean"):
+        calls.append(1)
+        loss = real_loss(model, batch, reduction)
+        return loss * float("nan") if len(calls) > 8 else loss  # 8 batches per epoch
+
+    monkeypatch.setattr(train_module, "answer_loss", nan_in_epoch_two)
+    model = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
+    with pytest.raises(TrainingDiverged, match="nan in epoch 2.*epoch-1"):
+        train(model, toy_features(), 0, TrainConfig(epochs=3, batch_size=8), 1e-2, seed=0,
+              dev_score=toy_dev_score, checkpoint_dir=tmp_path)
+    assert (tmp_path / "latest").read_text() == "epoch-1"

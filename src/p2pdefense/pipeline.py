@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from . import report
@@ -25,7 +25,7 @@ from .models import ModelConfig, load_base_model, save_trained
 from .stealth import stealth_report
 from .tasks import ClassificationTask, GenerationTask
 from .tasks.prompt import format_prompt
-from .train import train
+from .train import make_accelerator, train
 
 SYNTHETIC = {"classification": synthetic_sentiment, "math": synthetic_math, "summarization": synthetic_summaries}
 
@@ -134,7 +134,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
     poisoned_ids = {ex.meta.source_index for ex in poisoned if ex.meta.poisoned}
     benign_ids = {ex.meta.source_index for ex in train_rows if ex.meta.benign}
 
-    accelerator = Accelerator(gradient_accumulation_steps=config.train.grad_accum)
+    accelerator = make_accelerator(config.train)
     set_seed(config.seed)
     model, tokenizer = load_base_model(config.model, tokenizer_corpus(train_rows, config, defense), config.seed)
     model.to(accelerator.device)
