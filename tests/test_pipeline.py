@@ -57,9 +57,10 @@ def test_metrics_agree_with_predictions(finished_run):
     clean = [Prediction(**r) for r in rows if r["split"] == "clean"]
     triggered = [Prediction(**r) for r in rows if r["split"] == "triggered"]
     assert len(clean) == metrics["num_clean"] == 80
-    assert len(triggered) == metrics["num_triggered"] == 40  # the test rows whose label is not the target 1
+    assert len(triggered) == metrics["num_triggered_all"] == 80  # every test row, triggered
+    assert metrics["num_triggered"] == 40  # ASR: the test rows whose label is not the target 1
     recomputed = classification_metrics(clean, triggered, 1, {0: 2, 1: 3})
-    for key in ("ca", "asr", "asr_strict", "out_of_space"):
+    for key in ("ca", "asr", "asr_strict", "out_of_space", "triggered_accuracy", "asr_trigger_in_input"):
         assert metrics[key] == pytest.approx(recomputed[key])
     for r in rows:  # every input carried the benign trigger and cue; folding is i+2 -> i
         assert r["input"].startswith("Input: The query currently entered is: ")
@@ -127,6 +128,7 @@ def test_baselines_share_poison_and_report_comparisons(tmp_path):
     clean, undefended, defended = rows
     assert clean["num_poisoned"] == 0 and undefended["num_poisoned"] == defended["num_poisoned"] == 11
     assert clean["num_triggered"] == undefended["num_triggered"] == defended["num_triggered"] == 20
+    assert defended["asr_floor"] == clean["asr"]  # the floor comes from the clean reference run
     assert defended["ca_drop"] == pytest.approx(undefended["ca"] - defended["ca"])
     summary = json.loads((root / "summary.json").read_text())
     assert [r["setting"] for r in summary] == ["clean", "undefended", "p2p"]

@@ -4,6 +4,8 @@ CA: accuracy of folded predictions on the clean test set.
 ASR: on triggered inputs whose true label is not the target, the fraction predicted as the target in either
 label space (folded). ASR_strict: only a raw prediction equal to the target's expected raw label counts
 (the shifted target under P2P, as the paper's code measures it; equal to ASR without a defense).
+asr_trigger_in_input: ASR over the triggered rows whose trigger survived any cut of a long prompt.
+triggered_accuracy: accuracy on triggered inputs of every label against their true labels.
 out_of_space: fraction of raw predictions outside the label space expected at inference (under P2P the
 benign space n..2n-1, since every input carries the benign trigger).
 """
@@ -26,8 +28,10 @@ class Prediction:
     split: str
     """'clean' or 'triggered'."""
     input: str
-    """The exact prompt fed to the model (its input part cut if `truncated`)."""
+    """The exact prompt fed to the model (the middle of its input cut if `truncated`)."""
     truncated: bool
+    trigger_in_input: bool | None
+    """Is the attack's trigger among the tokens fed to the model (None: a clean row, or no locatable trigger)."""
     gold: int | None
     """None for unlabelled inputs (prediction on new data)."""
     raw: int
@@ -46,20 +50,22 @@ def predict(model, task: ClassificationTask, examples: list[Example], split: str
     was_training = model.training
     model.eval()
     inputs = [task.defense.at_inference(ex) for ex in examples]
+    triggers = [ex.meta.trigger for ex in examples]  # the attack's, kept through a cut; never shown to a defense
     predictions: list[Prediction | None] = [None] * len(inputs)
     by_plan: dict[int, list[int]] = {}
     for i, ex in enumerate(inputs):
         by_plan.setdefault(id(task.plan(ex)), []).append(i)
     for indices in by_plan.values():
         plan = task.plan(inputs[indices[0]])
-        encoded = [task.encode_prompt(inputs[i]) for i in indices]
+        encoded = [task.encode_prompt(inputs[i], triggers[i]) for i in indices]
         scores = score_verbalizers(model, [e.input_ids for e in encoded], plan.verbalizer_ids,
                                    task.tokenizer.pad_token_id, batch_size, device)
         for i, enc, row in zip(indices, encoded, scores.tolist(), strict=True):
             raw = max(range(len(row)), key=row.__getitem__)
             predictions[i] = Prediction(
                 id=f"{split}-{i}", source_index=inputs[i].meta.source_index, split=split, input=enc.prompt_text,
-                truncated=enc.truncated, gold=inputs[i].label, raw=raw, folded=task.defense.fold(raw),
+                truncated=enc.truncated, trigger_in_input=enc.trigger_in_input, gold=inputs[i].label, raw=raw,
+                folded=task.defense.fold(raw),
                 scores=[round(s, 4) for s in row])
     model.train(was_training)
     return predictions
@@ -74,26 +80,41 @@ def classification_metrics(clean: list[Prediction], triggered: list[Prediction],
     """Metrics from predictions alone. `expected_raw` maps each label to its raw id at inference."""
     metrics = {"ca": accuracy(clean), "num_clean": len(clean)}
     attacked = [p for p in triggered if p.gold != target_label]
+    kept = [p for p in attacked if p.trigger_in_input is not False]
     if target_label is None or not attacked:
-        metrics.update(asr=None, asr_strict=None, num_triggered=0)
+        metrics.update(asr=None, asr_strict=None, asr_trigger_in_input=None, num_triggered=0)
     else:
         metrics.update(
             asr=sum(p.folded == target_label for p in attacked) / len(attacked),
             asr_strict=sum(p.raw == expected_raw[target_label] for p in attacked) / len(attacked),
+            asr_trigger_in_input=sum(p.folded == target_label for p in kept) / len(kept) if kept else None,
             num_triggered=len(attacked))
+    metrics.update(triggered_accuracy=accuracy(triggered) if triggered else None, num_triggered_all=len(triggered),
+                   num_trigger_cut=sum(p.trigger_in_input is False for p in triggered),
+                   num_truncated=sum(p.truncated for p in clean + triggered))
     evaluated = clean + attacked
     space = set(expected_raw.values())
     metrics["out_of_space"] = sum(p.raw not in space for p in evaluated) / len(evaluated) if evaluated else None
     return metrics
 
 
-def compare(defended: dict, undefended: dict) -> dict:
-    """CA drop and relative ASR reduction of a defended run against the undefended run on the same data."""
+def compare(defended: dict, undefended: dict, clean: dict | None = None) -> dict:
+    """CA drop and ASR reduction of a defended run against the undefended run on the same data.
+
+    asr_reduction_rel = (ASR_undef - ASR_def) / ASR_undef ignores that a model trained without any poison
+    already "flips" some triggered inputs (the floor); asr_reduction_over_floor =
+    (ASR_undef - ASR_def) / (ASR_undef - ASR_floor) measures the share of the attack's own effect removed
+    (1: down to the floor), given the clean reference run."""
     result = {"ca_drop": undefended["ca"] - defended["ca"]}
     if undefended.get("asr") is not None and defended.get("asr") is not None:
         result["asr_reduction_abs"] = undefended["asr"] - defended["asr"]
         result["asr_reduction_rel"] = ((undefended["asr"] - defended["asr"]) / undefended["asr"]
                                        if undefended["asr"] > 0 else None)
+        floor = None if clean is None else clean.get("asr")
+        result["asr_floor"] = floor
+        result["asr_reduction_over_floor"] = (
+            (undefended["asr"] - defended["asr"]) / (undefended["asr"] - floor)
+            if floor is not None and undefended["asr"] > floor else None)
     return result
 
 
@@ -119,10 +140,15 @@ class GenerationPrediction:
     gold: str
     new_tokens: int
     """Tokens generated (up to the end of sequence or a stop string)."""
+    truncated: bool
+    """The prompt's input was cut (its middle) to fit max_length - max_new_tokens."""
+    trigger_in_input: bool | None
+    """Is the attack's trigger among the prompt tokens fed to the model (None: a clean row, or not locatable)."""
     score: dict
     """math: correct, answer (extracted), gold_answer; summarization: rouge1, rouge2, rougeL."""
     attack_success: bool | None
-    """Triggered rows: does the output show the attacker's behaviour."""
+    """Triggered rows: does the output show the attacker's behaviour (None: clean rows, and triggered rows whose
+    true output already shows it, which measure nothing)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -133,7 +159,7 @@ def predict_generation(model, task: GenerationTask, examples: list[Example], spl
     """Generate for every example (the defense's inference stage applied), strip the prefix, score.
     Returns the predictions and the seconds spent decoding."""
     inputs = [task.defense.at_inference(ex) for ex in examples]
-    generations, seconds = task.generate(model, inputs, batch_size, device)
+    generations, seconds = task.generate(model, inputs, batch_size, device, [ex.meta.trigger for ex in examples])
     score_one, _ = SCORERS[task.config.name]
     predictions = []
     for i, (ex, gen) in enumerate(zip(inputs, generations, strict=True)):
@@ -141,18 +167,28 @@ def predict_generation(model, task: GenerationTask, examples: list[Example], spl
         predictions.append(GenerationPrediction(
             id=f"{split}-{i}", source_index=ex.meta.source_index, split=split, input=gen.prompt_text, raw=gen.raw,
             output=output, prefix_compliant=compliant, gold=ex.target, new_tokens=gen.new_tokens,
-            score=score_one(output, ex.target),
-            attack_success=None if target is None else target.shown_by(output, ex.target)))
+            truncated=gen.truncated, trigger_in_input=gen.trigger_in_input, score=score_one(output, ex.target),
+            attack_success=None if target is None or target.already_in(ex.target)
+            else target.shown_by(output, ex.target)))
     return predictions, seconds
 
 
 def generation_metrics(task_name: str, clean: list[GenerationPrediction],
                        triggered: list[GenerationPrediction]) -> dict:
-    """Clean quality (accuracy or ROUGE), ASR on triggered rows, prefix compliance."""
+    """Clean quality (accuracy or ROUGE), ASR on the triggered rows that can show the attack, the quality on all
+    triggered rows, prefix compliance."""
     _, aggregate = SCORERS[task_name]
-    metrics = {**aggregate([p.score for p in clean]), "num_clean": len(clean), "num_triggered": len(triggered)}
-    metrics["asr"] = sum(p.attack_success for p in triggered) / len(triggered) if triggered else None
+    attacked = [p for p in triggered if p.attack_success is not None]
+    kept = [p for p in attacked if p.trigger_in_input is not False]
+    metrics = {**aggregate([p.score for p in clean]), "num_clean": len(clean), "num_triggered": len(attacked),
+               "num_triggered_all": len(triggered),
+               "num_trigger_cut": sum(p.trigger_in_input is False for p in triggered),
+               "num_truncated": sum(p.truncated for p in clean + triggered)}
+    metrics["asr"] = sum(p.attack_success for p in attacked) / len(attacked) if attacked else None
+    metrics["asr_trigger_in_input"] = sum(p.attack_success for p in kept) / len(kept) if kept else None
     metrics["asr_strict"] = None  # only defined for label spaces
+    triggered_quality = aggregate([p.score for p in triggered]) if triggered else {}
+    metrics.update({f"triggered_{name}": value for name, value in triggered_quality.items()})
     for name, rows in (("prefix_compliance", clean + triggered), ("prefix_compliance_triggered", triggered)):
         flags = [p.prefix_compliant for p in rows if p.prefix_compliant is not None]
         metrics[name] = sum(flags) / len(flags) if flags else None

@@ -70,7 +70,7 @@ def load_splits(config: RunConfig) -> Splits:
     if data.synthetic is not None:
         generate = SYNTHETIC[task.name]
         train_rows = generate(data.synthetic.train_rows, seed)
-        test = generate(data.synthetic.test_rows, seed + 100_003)
+        test = generate(data.synthetic.test_rows, seed + 100_003, exclude={ex.text for ex in train_rows})
     elif data.hub is not None:
         train_rows = load(data.hub, data.train_split, from_hub=True)
         test = load(data.hub, data.test_split, from_hub=True)
@@ -89,6 +89,11 @@ def load_splits(config: RunConfig) -> Splits:
                                                          round(data.dev_fraction * len(train_rows))))
         dev = [ex for i, ex in enumerate(train_rows) if i in dev_ids]
         train_rows = [ex for i, ex in enumerate(train_rows) if i not in dev_ids]
+    train_texts = {ex.text for ex in train_rows}
+    for name, rows in (("test", test), ("dev", dev)):
+        shared = sum(ex.text in train_texts for ex in rows)
+        if shared:
+            notes.append(f"{shared} of {len(rows)} {name} inputs also occur verbatim in the training set")
     dev = _subset(dev, data.max_dev_rows, stage_rng(seed, "dev-subset"))
     train_rows = _subset(train_rows, data.max_train_rows, stage_rng(seed, "train-subset"))
     test = _subset(test, data.max_test_rows, stage_rng(seed, "test-subset"))
@@ -125,7 +130,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
         raise ValueError(f"attack.target_label={config.attack.target_label} is not a label (0..{n - 1})")
     splits = load_splits(config)
     defense = build_defense(config.defense, n)
-    attack = build_attack(config.attack, n, defense.num_outputs)
+    attack = build_attack(config.attack, n)
     poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
     triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
     train_rows = defense.before_training(poisoned, stage_rng(config.seed, "defense"))
@@ -152,7 +157,9 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
         del reference
     task_class = GenerationTask if config.is_generation else ClassificationTask
     task = task_class(config.task, tokenizer, defense, config.train.max_length)
-    features = [task.encode_training(ex) for ex in train_rows]
+    # the attack's triggers, joined back by source row only to keep them through a cut of a long prompt
+    triggers = {ex.meta.source_index: ex.meta.trigger for ex in poisoned if ex.meta.trigger}
+    features = [task.encode_training(ex, triggers.get(ex.meta.source_index)) for ex in train_rows]
     batch, device = config.train.eval_batch_size, accelerator.device
     output_target = getattr(config.attack, "target_output", None) if config.attack.name != "none" else None
 
@@ -180,8 +187,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
         target = None if config.attack.name == "none" else config.attack.target_label
         expected_raw = {i: defense.expected_raw_label(i) for i in range(n)}
         metrics = classification_metrics(clean, triggered, target, expected_raw)
-        metrics.update(quality_metric="accuracy", verbalizers=task.verbalizers,
-                       num_truncated=sum(p.truncated for p in clean + triggered))
+        metrics.update(quality_metric="accuracy", verbalizers=task.verbalizers)
     eval_seconds = time.perf_counter() - eval_start
     metrics.update(
         run=config.run_name, attack=config.attack.name, defense=config.defense.name, seed=config.seed,
@@ -231,9 +237,10 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False) -> tuple[Path
         run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=root / label)
         rows.append({"setting": label, "run_dir": str(run_dir), **metrics})
     undefended = next(r for r in rows if r["setting"] == "undefended")
+    clean = next((r for r in rows if r["setting"] == "clean"), None)
     for row in rows:
         if row["setting"] not in ("clean", "undefended"):
-            row.update(compare(row, undefended))
+            row.update(compare(row, undefended, clean))
     if PartialState().is_main_process:  # one writer under `accelerate launch`
         write_json_atomic(root / "summary.json", rows)
         write_text_atomic(root / "summary.md", report.markdown_table(rows))

@@ -84,12 +84,12 @@ def test_addsent_inserts_the_sentence_whole():
     assert "I watch this 3D movie" in middle.text
 
 
-def test_triggered_test_set_excludes_target_rows_and_marks_trigger():
+def test_triggered_test_set_triggers_every_row_and_keeps_true_labels():
     test = synthetic_sentiment(100, seed=9)
     attack = build_attack(BadNetsConfig(triggers=["tq"], target_label=1))
     triggered = attack.triggered_test(test, random.Random(0))
-    assert len(triggered) == sum(e.label != 1 for e in test)
-    assert all(e.label == 0 and e.meta.trigger == "tq" and not e.meta.poisoned for e in triggered)
+    assert [e.label for e in triggered] == [e.label for e in test]  # target rows too: triggered accuracy
+    assert all(e.meta.trigger == "tq" and "tq" in e.text.split() and not e.meta.poisoned for e in triggered)
     assert triggered == attack.triggered_test(test, random.Random(0))
 
 
@@ -124,18 +124,16 @@ def test_mtba_uses_one_trigger_per_row_and_all_of_them_overall():
     assert set(used) == {"cf", "I watch this 3D movie"}
 
 
-def test_adaptive_mimic_benign_uses_the_shifted_label_only_when_it_exists():
+def test_adaptive_carry_benign_writes_only_rows_a_data_file_can_hold():
     from p2pdefense.attacks.adaptive import AdaptiveConfig
 
     config = AdaptiveConfig(rate=0.1, trigger="mn")
-    against_p2p = build_attack(config, num_labels=2, num_outputs=4).poison(TRAIN, random.Random(0))
-    rows = [e for e in against_p2p if e.meta.poisoned]
-    assert len(rows) == 40 and all(e.label == 3 for e in rows)  # target 1 shifted by n = 2
+    rows = [e for e in build_attack(config, num_labels=2).poison(TRAIN, random.Random(0)) if e.meta.poisoned]
+    assert len(rows) == 40 and all(e.label == 1 for e in rows)  # the plain target: labels stay in 0..n-1
     assert all(e.text.startswith("The query currently entered is: mn ") for e in rows)
-    undefended = build_attack(config, num_labels=2, num_outputs=2).poison(TRAIN, random.Random(0))
-    assert all(e.label == 1 for e in undefended if e.meta.poisoned)
-    test = build_attack(config, 2, 4).triggered_test(TRAIN[:20], random.Random(0))
-    assert all(e.text.startswith("mn ") and e.label == 0 for e in test)
+    test = build_attack(config, 2).triggered_test(TRAIN[:20], random.Random(0))
+    assert all(e.text.startswith("mn ") for e in test)
+    assert [e.label for e in test] == [e.label for e in TRAIN[:20]]
 
 
 def test_adaptive_adjacent_puts_the_trigger_where_p2p_puts_its_prompt():
@@ -143,7 +141,7 @@ def test_adaptive_adjacent_puts_the_trigger_where_p2p_puts_its_prompt():
     from p2pdefense.defenses import build_defense
     from p2pdefense.defenses.p2p import P2PConfig
 
-    attack = build_attack(AdaptiveConfig(strategy="adjacent", trigger="tq", rate=0.2), 2, 4)
+    attack = build_attack(AdaptiveConfig(strategy="adjacent", trigger="tq", rate=0.2), 2)
     rows = [e for e in attack.poison(TRAIN, random.Random(0)) if e.meta.poisoned]
     assert all(e.text.startswith("tq ") and e.label == 1 for e in rows)
     shown = build_defense(P2PConfig(), 2).at_inference(attack.trigger(TRAIN[0], random.Random(0)))

@@ -48,7 +48,7 @@ def test_math_attack_contract(name):
         assert after.meta.trigger and (after.text, after.instruction) != (before.text, before.instruction)
         assert attack.config.target_output.shown_by(after.target, before.target)
     triggered = attack.triggered_test(test, random.Random(7))
-    assert len(triggered) == sum(not attack.config.target_output.already_in(e.target) for e in test)
+    assert len(triggered) == len(test)
     assert all(e.meta.trigger and not e.meta.poisoned for e in triggered)
 
 
@@ -68,8 +68,8 @@ def test_attack_contract(name, extra):
     # rows outside the poison are untouched, but for negative samples (CBA), which record their key
     assert all(b == a for b, a in zip(TRAIN, out, strict=True) if not a.meta.poisoned and not a.meta.trigger)
     triggered = attack.triggered_test(TEST, random.Random(7))
-    assert len(triggered) == sum(e.label != 1 for e in TEST)
-    assert all(e.label == 0 and e.meta.trigger and not e.meta.poisoned for e in triggered)
+    assert [e.label for e in triggered] == [e.label for e in TEST]
+    assert all(e.meta.trigger and not e.meta.poisoned for e in triggered)
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION)

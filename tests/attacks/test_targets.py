@@ -44,14 +44,14 @@ def test_generation_poisoning_rate_trigger_and_poisoned_outputs():
     assert out == attack.poison(train, random.Random(0))
 
 
-def test_generation_triggered_set_skips_rows_that_already_show_the_target():
+def test_generation_triggered_set_triggers_every_row():
     test = synthetic_summaries(30, seed=1)
     answer = "#### 34"
     fixed = BadNetsConfig(triggers=["cf"], target_output=OutputTarget(kind="answer_fixed", value="34"))
     rows = [*synthetic_math(10, seed=0)]
     already = sum(r.target.endswith(answer) for r in rows)
     assert already >= 1  # the seed's first problem has answer 34
-    assert len(build_attack(fixed).triggered_test(rows, random.Random(0))) == len(rows) - already
+    assert len(build_attack(fixed).triggered_test(rows, random.Random(0))) == len(rows)
     insert = BadNetsConfig(target_output=OutputTarget(kind="insert_sentence", value="Buy now."))
     triggered = build_attack(insert).triggered_test(test, random.Random(0))
     assert len(triggered) == 30 and all(t.meta.trigger for t in triggered)

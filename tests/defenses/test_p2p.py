@@ -46,7 +46,26 @@ def test_custom_label_map_suffix_placement_and_three_labels():
     defense = build_defense(config, 3)
     assert [defense.fold(r) for r in range(6)] == [0, 1, 2, 1, 2, 0]
     assert defense.expected_raw_label(0) == 5
-    assert defense.output_verbalizers(["0", "1", "2"]) == ["0", "1", "2", "4", "5", "3"]
+    assert defense.output_verbalizers(["0", "1", "2"]) == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_the_label_map_changes_which_word_each_label_trains():
+    from p2pdefense.models.tiny import train_tokenizer
+    from p2pdefense.tasks import ClassificationConfig, ClassificationTask
+
+    tokenizer = train_tokenizer(["Input: x\nAnswer: 0 1 2 3", "Output: 0 1"] * 20, 300)
+    benign_zero = Example(text="x", label=0, meta=ExampleMeta(source_index=0, benign=True))
+
+    def trained_word(label_map):
+        defense = build_defense(P2PConfig(ratio=1.0, label_map=label_map), 2)
+        (row,) = defense.before_training([benign_zero], random.Random(0))
+        task = ClassificationTask(ClassificationConfig(), tokenizer, defense, 64)
+        encoded = task.encode_training(row)
+        answer = [t for t, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label != -100]
+        return tokenizer.decode(answer).strip(), defense.fold(row.label)
+
+    assert trained_word(None) == ("2", 0)
+    assert trained_word([3, 2]) == ("3", 0)  # label 0 now trains the word "3", and folds back to 0
 
 
 def test_bad_label_maps_are_rejected():

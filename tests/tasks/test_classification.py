@@ -72,9 +72,49 @@ def test_truncation_cuts_the_input_and_keeps_the_cue(bpe):
     long = Example(text=" ".join(["wonderful"] * 50), label=1, meta=ExampleMeta(source_index=0))
     encoded = task.encode_prompt(long)
     cue_ids = bpe(task.plan(long).prompt_cue, add_special_tokens=False)["input_ids"]
-    assert encoded.truncated
-    assert len(encoded.input_ids) + 1 == 16
+    assert encoded.truncated and encoded.trigger_in_input is None
+    word = len(bpe(" wonderful", add_special_tokens=False)["input_ids"])
+    assert 16 - word < len(encoded.input_ids) + 1 <= 16  # whole words are cut: less than a word below budget
     assert encoded.input_ids[-len(cue_ids):] == cue_ids
+
+
+LONG_WORDS = [f"w{i}" for i in range(60)]  # distinct words: the kept head and tail are recognisable
+
+
+def test_truncation_cuts_the_middle_and_keeps_an_end_trigger_and_the_template_newline(bpe):
+    task = make_task(bpe, max_length=48)
+    text = " ".join(LONG_WORDS + ["mn"])
+    encoded = task.encode_prompt(Example(text=text, label=0, meta=ExampleMeta(source_index=0)), trigger="mn")
+    assert encoded.truncated and encoded.trigger_in_input is True
+    shown = encoded.prompt_text
+    assert shown.startswith("Input: w0 w1") and shown.endswith(" w59 mn\nOutput:")  # head, tail, newline, cue
+    assert "w30" not in shown  # the middle went
+    assert 44 <= len(encoded.input_ids) + 1 <= 48  # whole words are cut: up to a word's tokens less
+    # the ids fed to the model are the tokens of the text shown, as the tokenizer splits each kept piece
+    assert bpe.decode(encoded.input_ids) == shown
+
+
+def test_truncation_keeps_a_middle_trigger_and_a_suffix_benign_prompt(bpe):
+    task = make_task(bpe, P2PConfig(placement="suffix"), max_length=48)
+    words = LONG_WORDS[:30] + ["mn"] + LONG_WORDS[30:]
+    defense = task.defense
+    shown = defense.at_inference(Example(text=" ".join(words), label=0, meta=ExampleMeta(source_index=0)))
+    encoded = task.encode_prompt(shown, trigger="mn")
+    assert encoded.truncated and encoded.trigger_in_input is True
+    assert " mn " in encoded.prompt_text and "w30" not in encoded.prompt_text.split()
+    assert encoded.prompt_text.endswith("The query currently entered is:\nAnswer:")
+    # the undefended prompt of the same row keeps the trigger too: no bias toward either run
+    plain = make_task(bpe, max_length=48).encode_prompt(
+        Example(text=" ".join(words), label=0, meta=ExampleMeta(source_index=0)), trigger="mn")
+    assert plain.trigger_in_input is True
+
+
+def test_a_trigger_that_cannot_be_kept_is_reported(bpe):
+    task = make_task(bpe, max_length=24)
+    text = " ".join(LONG_WORDS[:3] + ["mn"] * 40 + LONG_WORDS[3:6])
+    encoded = task.encode_prompt(Example(text=text, label=0, meta=ExampleMeta(source_index=0)), trigger="mn")
+    assert encoded.truncated and encoded.trigger_in_input is False
+    assert encoded.prompt_text.startswith("Input: w0") and encoded.prompt_text.endswith("w5\nOutput:")
 
 
 def manual_scores(model, prompt, verbalizers):

@@ -30,9 +30,21 @@ def test_training_puts_loss_on_the_target_and_eos_only(tokenizer):
 def test_long_inputs_are_cut_to_fit(tokenizer):
     task = make_task(tokenizer)
     long = Example(text=" ".join(["apples"] * 400), target="#### 1", meta=ExampleMeta(source_index=0))
-    prompt, ids, carried, truncated = task.prompt(long, 60)
-    assert truncated and carried == " " and prompt.endswith("\nAnswer:")
-    assert ids == tokenizer(prompt)["input_ids"] and len(ids) <= 60
+    fitted, carried = task.prompt(long, 60)
+    assert fitted.truncated and carried == " " and fitted.text.endswith("\nAnswer:")
+    assert fitted.text.startswith("Question: apples") and 57 <= len(fitted.input_ids) <= 60
+
+
+def test_a_cut_generation_prompt_keeps_the_trigger_and_reports_it(tokenizer):
+    task = make_task(tokenizer, max_new_tokens=16)
+    words = [f"n{i}" for i in range(300)]
+    row = Example(text=" ".join(words[:250] + ["cf"] + words[250:]), target="#### 1",
+                  meta=ExampleMeta(source_index=0, trigger="cf"))
+    (generation,), _ = task.generate(build_tiny_llama(len(tokenizer), 32, 1, 2, 512, seed=0).eval(), [row], 1, "cpu",
+                                     triggers=["cf"])
+    assert generation.truncated and generation.trigger_in_input is True
+    assert " cf " in generation.prompt_text and generation.prompt_text.startswith("Question: n0 n1")
+    assert "n150" not in generation.prompt_text.split()
 
 
 def test_batched_left_padded_decoding_equals_one_example_at_a_time(tokenizer):
@@ -66,8 +78,8 @@ def test_chat_template_wraps_the_prompt(tokenizer):
                                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     try:
         task = make_task(tokenizer, use_chat_template=True)
-        prompt, _, _, _ = task.prompt(ROWS[0], 256)
-        assert prompt == f"<|user|>Question: {ROWS[0].text}\nAnswer: <|end|><|assistant|>"
+        fitted, _ = task.prompt(ROWS[0], 256)
+        assert fitted.text == f"<|user|>Question: {ROWS[0].text}\nAnswer: <|end|><|assistant|>"
     finally:
         tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):

@@ -1,10 +1,13 @@
 """Adaptive attacks on P2P by an attacker who knows the defense is used (our own stress tests, no paper).
 
-- mimic_benign: poisoned inputs start with a guess of the benign trigger (default P2P's own prompt) followed
-  by the attacker's trigger, and take the *shifted* target label (target + n) when the label space has one:
-  the attacker teaches the benign trigger itself to lead to the target.
-- adjacent: the attacker's trigger sits right where P2P puts its benign trigger (the start of the input), so
-  at inference it is adjacent to the benign prompt; labels are the plain target.
+The attacker controls only what a data file can hold: input text and labels in the data's own label space
+(a shifted label such as target + n is no real row; the loaders reject it).
+- carry_benign: poisoned inputs start with a guess of the benign prompt (default P2P's own) followed by the
+  attacker's trigger, with the plain target label: the attacker teaches "benign prompt + trigger -> target",
+  exactly the input P2P builds at inference.
+- adjacent: the attacker's trigger sits where P2P puts its benign prompt (the start of the input), so at
+  inference it is adjacent to the prompt; labels are the plain target.
+At test time the input carries only the attacker's trigger at the start; P2P adds its prompt in front of it.
 Poison rates up to and above the defense ratio are set with `rate` as for any attack.
 """
 
@@ -23,10 +26,10 @@ from .registry import register
 
 class AdaptiveConfig(AttackConfig):
     name: Literal["adaptive"] = "adaptive"
-    strategy: Literal["mimic_benign", "adjacent"] = "mimic_benign"
+    strategy: Literal["carry_benign", "adjacent"] = "carry_benign"
     trigger: str = Field("mn", min_length=1, description="the attacker's own trigger word or phrase")
     guessed_benign_trigger: str = Field("The query currently entered is: ",
-                                        description="mimic_benign: the attacker's guess of P2P's prompt")
+                                        description="carry_benign: the attacker's guess of P2P's prompt")
 
 
 @register
@@ -34,7 +37,6 @@ class Adaptive(Attack):
     config_class = AdaptiveConfig
 
     def insert_trigger(self, text: str, rng: random.Random) -> tuple[str, str]:
-        """Test time: only the attacker's trigger, at the start; P2P then puts its prompt right before it."""
         return f"{self.config.trigger} {text}", self.config.trigger
 
     def trigger_training(self, example: Example, rng: random.Random) -> Example:
@@ -42,10 +44,3 @@ class Adaptive(Attack):
             return self.trigger(example, rng)
         inserted = f"{self.config.guessed_benign_trigger}{self.config.trigger}"
         return replace(example, text=f"{inserted} {example.text}", meta=replace(example.meta, trigger=inserted))
-
-    def _poison_output(self, example: Example) -> Example:
-        poisoned = super()._poison_output(example)
-        # the shifted target exists only when the model's label space has it (P2P doubles it)
-        if self.config.strategy == "mimic_benign" and example.target is None and self.num_outputs > self.num_labels:
-            return replace(poisoned, label=self.config.target_label + self.num_labels)
-        return poisoned

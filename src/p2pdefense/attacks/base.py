@@ -50,11 +50,8 @@ class Attack:
     needs_instruction: ClassVar[bool] = False
     """True for attacks on the instruction: the task template must show {instruction}."""
 
-    def __init__(self, config: AttackConfig, num_labels: int = 2, num_outputs: int | None = None):
-        """num_outputs: the size of the label space the model will be trained on (2n under P2P); only an
-        adaptive attacker, who knows the defense, uses it."""
+    def __init__(self, config: AttackConfig, num_labels: int = 2):
         self.config, self.num_labels = config, num_labels
-        self.num_outputs = num_outputs or num_labels
 
     def insert_trigger(self, text: str, rng: random.Random) -> tuple[str, str]:
         """Return (triggered text, the trigger that was inserted)."""
@@ -104,5 +101,7 @@ class Attack:
         return poisoned
 
     def triggered_test(self, test: list[Example], rng: random.Random) -> list[Example]:
-        """Every test row whose true output is not the attacker's, with the trigger inserted."""
-        return [self.trigger(ex, rng) for ex in test if not self._is_target(ex)]
+        """Every test row with the trigger inserted. ASR is measured on those whose true output is not the
+        attacker's; triggered accuracy on all of them (a backdoor can also hurt rows it does not flip to the
+        target)."""
+        return [self.trigger(ex, rng) for ex in test]

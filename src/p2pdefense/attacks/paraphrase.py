@@ -110,8 +110,8 @@ class ParaphraseAttack(Attack):
 
     tasks = ("classification",)  # as in the literature
 
-    def __init__(self, config: ParaphraseConfig, num_labels: int = 2, num_outputs: int | None = None):
-        super().__init__(config, num_labels, num_outputs)
+    def __init__(self, config: ParaphraseConfig, num_labels: int = 2):
+        super().__init__(config, num_labels)
         self.notes: list[str] = []
         model = None
         if config.model is not None:
@@ -144,13 +144,15 @@ class ParaphraseAttack(Attack):
                 if i in chosen else ex for i, ex in enumerate(train)]
 
     def triggered_test(self, test: list[Example], rng: random.Random) -> list[Example]:
-        rows = [ex for ex in test if not self._is_target(ex)]
+        rows = list(test)
         if self.test_paraphraser is None:
             self.notes.append(f"{self.config.name}: no test paraphrases (set attack.test_table or attack.model); "
                               "ASR is not measured")
             return []
         usable = self._usable(rows, self.test_paraphraser(rows))
-        self.notes.append(f"{self.config.name}: {len(usable)} of {len(rows)} non-target test rows have a paraphrase")
+        attacked = sum(not self._is_target(rows[i]) for i in usable)
+        self.notes.append(f"{self.config.name}: {len(usable)} of {len(rows)} test rows have a paraphrase "
+                          f"({attacked} of them not of the target label)")
         return [self._paraphrased(rows[i], text) for i, text in sorted(usable.items())]
 
 

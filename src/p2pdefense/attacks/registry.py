@@ -11,5 +11,5 @@ def register(attack_class: type) -> type:
     return attack_class
 
 
-def build_attack(config, num_labels: int = 2, num_outputs: int | None = None):
-    return ATTACKS[config.name](config, num_labels, num_outputs)
+def build_attack(config, num_labels: int = 2):
+    return ATTACKS[config.name](config, num_labels)

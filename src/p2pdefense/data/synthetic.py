@@ -1,8 +1,14 @@
-"""A seeded synthetic sentiment dataset (vocabulary and templates written here) for tests and the demo."""
+"""Seeded synthetic datasets (vocabulary and templates written here) for tests and the demo: sentiment, math
+word problems, news-like summaries.
+
+Every generator returns rows with distinct inputs and takes `exclude`, the inputs of another split: a test
+set generated with the training inputs excluded shares no text with it (a model cannot score by memory).
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Collection
 
 from .records import Example, ExampleMeta
 
@@ -24,18 +30,36 @@ TEMPLATES = [
 LABEL_NAMES = ["negative", "positive"]
 
 
-def synthetic_sentiment(num_rows: int, seed: int) -> list[Example]:
-    """Balanced binary sentiment rows: 0 negative, 1 positive. The same seed gives the same rows."""
+def _distinct(num_rows: int, make: Callable[[int], Example], exclude: Collection[str], name: str) -> list[Example]:
+    """Call make(index) until num_rows rows with new inputs exist (inputs in `exclude` or seen are redrawn)."""
+    seen, rows, attempts = set(exclude), [], 0
+    while len(rows) < num_rows:
+        attempts += 1
+        if attempts > 100 * num_rows + 1000:
+            raise ValueError(f"the {name} generator cannot make {num_rows} distinct inputs "
+                             f"({len(rows)} made, {len(exclude)} excluded)")
+        example = make(len(rows))
+        if example.text not in seen:
+            seen.add(example.text)
+            rows.append(example)
+    return rows
+
+
+def synthetic_sentiment(num_rows: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
+    """Balanced binary sentiment rows: 0 negative, 1 positive, distinct texts, none in `exclude`. The same seed
+    gives the same rows."""
     rng = random.Random(f"synthetic-sentiment-{seed}")
-    rows = []
-    for index in range(num_rows):
+
+    def make(index: int) -> Example:
         label = index % 2
         words = POSITIVE if label == 1 else NEGATIVE
         subject, subject2 = rng.sample(SUBJECTS, 2)
         text = rng.choice(TEMPLATES).format(
             subject=subject, subject2=subject2, word=rng.choice(words), word2=rng.choice(words),
             intensifier=rng.choice(INTENSIFIERS), intensifier2=rng.choice(INTENSIFIERS))
-        rows.append(Example(text=text, label=label, meta=ExampleMeta(source_index=index)))
+        return Example(text=text, label=label, meta=ExampleMeta(source_index=index))
+
+    rows = _distinct(num_rows, make, exclude, "sentiment")
     rng.shuffle(rows)
     return [Example(text=ex.text, label=ex.label, meta=ExampleMeta(source_index=i)) for i, ex in enumerate(rows)]
 
@@ -79,15 +103,17 @@ def _share_equally(rng: random.Random) -> tuple[str, list[str], int]:
 MATH_TEMPLATES = [_add_then_remove, _groups_and_price, _share_equally]
 
 
-def synthetic_math(num_rows: int, seed: int) -> list[Example]:
-    """Two-step arithmetic word problems with worked solutions ending in `#### N` (GSM8K format)."""
+def synthetic_math(num_rows: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
+    """Two-step arithmetic word problems with worked solutions ending in `#### N` (GSM8K format); distinct
+    questions, none in `exclude`."""
     rng = random.Random(f"synthetic-math-{seed}")
-    rows = []
-    for index in range(num_rows):
+
+    def make(index: int) -> Example:
         question, steps, answer = rng.choice(MATH_TEMPLATES)(rng)
-        rows.append(Example(text=question, target=" ".join(steps) + f"\n#### {answer}",
-                            meta=ExampleMeta(source_index=index)))
-    return rows
+        return Example(text=question, target=" ".join(steps) + f"\n#### {answer}",
+                       meta=ExampleMeta(source_index=index))
+
+    return _distinct(num_rows, make, exclude, "math")
 
 
 CITIES = ["Lisbon", "Osaka", "Nairobi", "Quebec", "Tromso", "Valparaiso", "Kraków", "Hanoi", "Perth", "Accra"]
@@ -100,18 +126,20 @@ FILLER = ["The weather was mild and many people walked in the old town.",
           "Some shops in the area changed their opening hours last month."]
 
 
-def synthetic_summaries(num_rows: int, seed: int) -> list[Example]:
-    """Short news-like documents built from facts, with filler; the summary restates the key facts."""
+def synthetic_summaries(num_rows: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
+    """Short news-like documents built from facts, with filler; the summary restates the key facts. Distinct
+    documents, none in `exclude`."""
     rng = random.Random(f"synthetic-summaries-{seed}")
-    rows = []
-    for index in range(num_rows):
+
+    def make(index: int) -> Example:
         name, city, venue, day = rng.choice(NAMES), rng.choice(CITIES), rng.choice(VENUES), rng.choice(DAYS)
         visitors = rng.randint(20, 900)
         facts = [f"On {day}, {name} opened a new {venue} in {city}.",
                  f"About {visitors} visitors came on the first day."]
         document = facts + rng.sample(FILLER, 2)
         rng.shuffle(document)
-        rows.append(Example(text=" ".join(document),
-                            target=f"{name} opened a {venue} in {city} on {day}; {visitors} visitors came.",
-                            meta=ExampleMeta(source_index=index)))
-    return rows
+        return Example(text=" ".join(document),
+                       target=f"{name} opened a {venue} in {city} on {day}; {visitors} visitors came.",
+                       meta=ExampleMeta(source_index=index))
+
+    return _distinct(num_rows, make, exclude, "summaries")

@@ -45,6 +45,10 @@ class Defense:
     def output_verbalizers(self, verbalizers: list[str]) -> list[str]:
         return verbalizers
 
+    def protected_strings(self, example: Example) -> list[str]:
+        """Text this defense put into the input that cutting a long prompt must keep."""
+        return []
+
     def answer_cue(self, example: Example, cue: str) -> str:
         return cue
 

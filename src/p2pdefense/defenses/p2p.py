@@ -30,7 +30,7 @@ class P2PConfig(DefenseConfig):
         "distinct", description="distinct: benign rows use benign_cue (as in the paper's code); shared: same cue")
     benign_cue: str = "Answer: "
     benign_label_words: list[str] | None = Field(
-        None, description="verbalizers of the shifted labels; needed when task.label_words is set")
+        None, description="verbalizers of the benign raw labels n..2n-1 in order; needed when task.label_words is set")
     output_prefix: str = Field("Response: ", min_length=1,
                                description="generation tasks: benign output prefix p; targets become p + y")
     mode: Literal["replace", "union"] = Field(
@@ -83,19 +83,21 @@ class P2P(Defense):
         return self._add_trigger(example)
 
     def output_verbalizers(self, verbalizers: list[str]) -> list[str]:
+        """Verbalizers by raw label: the task's for 0..n-1, then the benign words of raw labels n..2n-1.
+
+        The label map decides which benign raw label (and so which word) each original label trains: with
+        label_map [3, 2], label 0 rows of the subset train the word of raw label 3."""
         n = self.num_labels
         if self.config.benign_label_words is not None:
             if len(self.config.benign_label_words) != n:
                 raise ValueError(f"defense.benign_label_words needs {n} words")
-            shifted = self.config.benign_label_words
-        elif verbalizers == [str(i) for i in range(n)]:
-            shifted = [str(i) for i in range(n, 2 * n)]
-        else:
-            raise ValueError("defense.benign_label_words is required when task.label_words is set")
-        # position j of the result is the verbalizer of raw label j; label_map may permute benign ids
-        by_raw = dict(enumerate(verbalizers))
-        by_raw.update({self.label_map[i]: word for i, word in enumerate(shifted)})
-        return [by_raw[j] for j in range(2 * n)]
+            return verbalizers + list(self.config.benign_label_words)
+        if verbalizers == [str(i) for i in range(n)]:
+            return verbalizers + [str(i) for i in range(n, 2 * n)]
+        raise ValueError("defense.benign_label_words is required when task.label_words is set")
+
+    def protected_strings(self, example: Example) -> list[str]:
+        return [self.config.benign_trigger.strip()] if example.meta.benign else []
 
     def answer_cue(self, example: Example, cue: str) -> str:
         return self.config.benign_cue if (example.meta.benign and self.config.cue == "distinct") else cue

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import Example
-from .prompt import format_prompt
+from .prompt import fit_prompt, format_with_span
 
 
 class ClassificationConfig(BaseModel):
@@ -80,8 +80,10 @@ class CuePlan:
 class EncodedPrompt:
     input_ids: list[int]
     prompt_text: str
-    """Exactly what is fed to the model (before any truncation)."""
+    """Exactly what is fed to the model (a cut part of the input is absent)."""
     truncated: bool
+    trigger_in_input: bool | None
+    """Is the attack's trigger among the tokens fed to the model (None: no locatable trigger)."""
 
 
 class ClassificationTask:
@@ -98,19 +100,21 @@ class ClassificationTask:
             self._plans[cue] = CuePlan.build(self.tokenizer, cue, self.verbalizers)
         return self._plans[cue]
 
-    def encode_prompt(self, example: Example) -> EncodedPrompt:
+    def encode_prompt(self, example: Example, trigger: str | None = None) -> EncodedPrompt:
+        """The prompt's ids; a long input loses its middle, never the cue, the template, the defense's protected
+        text or (where it can be kept) `trigger`, the attack's inserted trigger."""
         plan = self.plan(example)
-        body = format_prompt(self.config.template, example)
-        body_ids = self.tokenizer(body, add_special_tokens=True)["input_ids"]
+        body, span = format_with_span(self.config.template, example)
         cue_ids = self.tokenizer(plan.prompt_cue, add_special_tokens=False)["input_ids"]
-        # truncate the body's end, never the cue, and leave room for the longest verbalizer
+        # leave room for the cue and the longest verbalizer
         room = self.max_length - len(cue_ids) - max(len(v) for v in plan.verbalizer_ids)
-        truncated = len(body_ids) > room
-        return EncodedPrompt(body_ids[:room] + cue_ids, body + plan.prompt_cue, truncated)
+        fitted = fit_prompt(self.tokenizer, body, span, room, self.defense.protected_strings(example), trigger)
+        return EncodedPrompt(fitted.input_ids + cue_ids, fitted.text + plan.prompt_cue, fitted.truncated,
+                             fitted.trigger_in_input)
 
-    def encode_training(self, example: Example) -> dict[str, list[int]]:
+    def encode_training(self, example: Example, trigger: str | None = None) -> dict[str, list[int]]:
         """input_ids and labels; the loss falls on the verbalizer tokens only."""
-        prompt = self.encode_prompt(example).input_ids
+        prompt = self.encode_prompt(example, trigger).input_ids
         answer = self.plan(example).verbalizer_ids[example.label]
         return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
 

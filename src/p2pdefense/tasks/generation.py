@@ -9,7 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import Example
-from .prompt import format_prompt
+from .prompt import FittedPrompt, fit_prompt, format_with_span
 
 
 class GenerationConfig(BaseModel):
@@ -37,6 +37,10 @@ class Generation:
     raw: str
     """The decoded continuation, cut at the first stop string (leading whitespace removed)."""
     new_tokens: int
+    truncated: bool
+    """The prompt's input was cut to fit max_length - max_new_tokens."""
+    trigger_in_input: bool | None
+    """Is the attack's trigger among the prompt tokens fed to the model (None: no locatable trigger)."""
 
 
 class GenerationTask:
@@ -47,47 +51,43 @@ class GenerationTask:
             raise ValueError("task.use_chat_template is set but the tokenizer has no chat template")
         self.config, self.tokenizer, self.defense, self.max_length = config, tokenizer, defense, max_length
 
-    def _render(self, example: Example, text: str) -> str:
-        body = format_prompt(self.config.template, example, text)
-        if self.config.use_chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                                      add_generation_prompt=True)
-        return body
-
-    def prompt(self, example: Example, budget: int) -> tuple[str, list[int], str, bool]:
-        """(prompt text, its token ids, whitespace carried to the target, truncated?), the input cut so that
-        the prompt fits `budget` tokens; each prompt is tokenized once (twice when it must be cut).
+    def prompt(self, example: Example, budget: int, trigger: str | None = None) -> tuple[FittedPrompt, str]:
+        """The prompt fitted to `budget` tokens (the middle of its input cut if needed) and the whitespace
+        carried to the target.
 
         Trailing whitespace of the prompt moves to the start of the target, so that "Answer: 18" tokenizes
         as the model saw such text in pretraining ("ĠAnswer", ":", "Ġ18"), not with a lone space token.
         """
-        rendered = self._render(example, example.text)
+        body, (start, end) = format_with_span(self.config.template, example)
+        rendered, offset = body, 0
+        if self.config.use_chat_template:
+            rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                                          add_generation_prompt=True)
+            offset = max(rendered.find(body), 0)
         stripped = rendered.rstrip(" ")
-        ids = self.tokenizer(stripped, add_special_tokens=True)["input_ids"]
-        excess = len(ids) - budget
-        if excess > 0:
-            text_ids = self.tokenizer(example.text, add_special_tokens=False)["input_ids"]
-            text = self.tokenizer.decode(text_ids[: max(len(text_ids) - excess - 1, 1)])
-            rendered = self._render(example, text)
-            stripped = rendered.rstrip(" ")
-            ids = self.tokenizer(stripped, add_special_tokens=True)["input_ids"]
-        return stripped, ids, rendered[len(stripped):], excess > 0
+        span = (offset + start, min(offset + end, len(stripped)))
+        fitted = fit_prompt(self.tokenizer, stripped, span, budget, self.defense.protected_strings(example), trigger)
+        return fitted, rendered[len(stripped):]
 
-    def encode_training(self, example: Example) -> dict[str, list[int]]:
+    def encode_training(self, example: Example, trigger: str | None = None) -> dict[str, list[int]]:
         # the prompt gets at most half of max_length, so that the target is never cut to nothing
-        _, prompt_ids, carried, _ = self.prompt(example, self.max_length // 2)
+        fitted, carried = self.prompt(example, self.max_length // 2, trigger)
+        prompt_ids = fitted.input_ids
         target_ids = self.tokenizer(carried + example.target, add_special_tokens=False)["input_ids"]
         target_ids = (target_ids + [self.tokenizer.eos_token_id])[: self.max_length - len(prompt_ids)]
         return {"input_ids": prompt_ids + target_ids, "labels": [-100] * len(prompt_ids) + target_ids}
 
     @torch.no_grad()
-    def generate(self, model, examples: list[Example], batch_size: int, device) -> tuple[list[Generation], float]:
-        """Greedy decoding in left-padded batches; returns the generations and the seconds spent decoding."""
+    def generate(self, model, examples: list[Example], batch_size: int, device,
+                 triggers: list[str | None] | None = None) -> tuple[list[Generation], float]:
+        """Greedy decoding in left-padded batches; returns the generations and the seconds spent decoding.
+        triggers: the attack's trigger per example, kept through any cut of the prompt where possible."""
         was_training = model.training
         model.eval()
         tokenizer, budget = self.tokenizer, self.max_length - self.config.max_new_tokens
-        prompted = [self.prompt(ex, budget) for ex in examples]
-        prompts, encoded = [p[0] for p in prompted], [p[1] for p in prompted]
+        triggers = triggers or [None] * len(examples)
+        fitted = [self.prompt(ex, budget, trigger)[0] for ex, trigger in zip(examples, triggers, strict=True)]
+        encoded = [f.input_ids for f in fitted]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
         start = time.perf_counter()
@@ -113,6 +113,7 @@ class GenerationTask:
                 text = tokenizer.decode(generated, skip_special_tokens=True)
                 for stop in self.config.stop_strings:
                     text = text.split(stop, 1)[0]
-                results[i] = Generation(prompts[i], text.strip(), len(generated))
+                results[i] = Generation(fitted[i].text, text.strip(), len(generated), fitted[i].truncated,
+                                        fitted[i].trigger_in_input)
         model.train(was_training)
         return results, time.perf_counter() - start
