@@ -141,3 +141,11 @@ def test_baselines_share_poison_and_report_comparisons(tmp_path):
     triggered_inputs = [triggered_texts("undefended"), triggered_texts("p2p")]
     assert [t.removeprefix("The query currently entered is: ") for t in triggered_inputs[1]] == triggered_inputs[0]
     assert yaml.safe_load((root / "clean" / "config.yaml").read_text())["attack"]["rate"] == 0.0
+    # one tokenizer for the three runs: the same clean input gets the same ids (the trigger and benign prompt
+    # included), although only two of the runs saw poisoned rows and only one saw the benign prompt
+    from transformers import AutoTokenizer
+
+    text = "Input: The query currently entered is: the plot was mn dull .\nAnswer: 3"
+    ids = [AutoTokenizer.from_pretrained(root / setting / "model")(text)["input_ids"]
+           for setting in ("clean", "undefended", "p2p")]
+    assert ids[0] == ids[1] == ids[2]

@@ -103,14 +103,16 @@ def load_splits(config: RunConfig) -> Splits:
     return Splits(train_rows, dev, test, notes)
 
 
-def tokenizer_corpus(rows: list[Example], config: RunConfig, defense) -> list[str]:
-    """Texts the tiny preset's tokenizer is trained on: formatted prompts with their cues and verbalizers,
-    or with their target texts."""
+def tokenizer_corpus(clean_rows: list[Example], config: RunConfig, defense) -> list[str]:
+    """Texts the tiny preset's tokenizer is trained on: the clean training prompts (with their targets, for
+    generation), every cue + verbalizer string, and the defense's own strings; never poisoned text, so that the
+    clean, undefended and defended runs of a seed share one tokenizer."""
+    strings = defense.vocabulary_strings()
     if config.is_generation:
-        return [format_prompt(config.task.template, ex) + ex.target for ex in rows]
+        return [format_prompt(config.task.template, ex) + ex.target for ex in clean_rows] + strings
     verbalizers = defense.output_verbalizers(config.task.verbalizers())
-    cues = {config.task.cue, *(defense.answer_cue(ex, config.task.cue) for ex in rows)}
-    return [format_prompt(config.task.template, ex) for ex in rows] + [c + v for c in cues for v in verbalizers]
+    answers = [c + v for c in defense.cues(config.task.cue) for v in verbalizers]
+    return [format_prompt(config.task.template, ex) for ex in clean_rows] + answers + strings
 
 
 def default_learning_rate(config: RunConfig) -> float:
@@ -121,8 +123,12 @@ def default_learning_rate(config: RunConfig) -> float:
     return 1e-3 if config.model.preset == "tiny" else 2e-5
 
 
-def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None) -> tuple[Path, dict]:
-    """Run one configuration; returns the run directory and its metrics."""
+def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
+        vocabulary_from: RunConfig | None = None) -> tuple[Path, dict]:
+    """Run one configuration; returns the run directory and its metrics.
+
+    vocabulary_from: the configuration whose defense strings the tiny preset's tokenizer includes (the defended
+    run of a --baselines group, so that all its runs share one tokenizer); default this one."""
     started = time.perf_counter()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
     n = getattr(config.task, "num_labels", 0)
@@ -141,7 +147,9 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None)
 
     accelerator = make_accelerator(config.train)
     set_seed(config.seed)
-    model, tokenizer = load_base_model(config.model, tokenizer_corpus(train_rows, config, defense), config.seed)
+    # the tokenizer (tiny preset) comes from the clean rows and the group's defended configuration
+    vocabulary = build_defense((vocabulary_from or config).defense, n)
+    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config, vocabulary), config.seed)
     model.to(accelerator.device)
     stealth = None
     if config.stealth_report:
@@ -234,7 +242,7 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False) -> tuple[Path
     for label, cfg in reference_configs(config).items():
         print(f"\n== {label}: attack={cfg.attack.name} (rate {getattr(cfg.attack, 'rate', 0)}), "
               f"defense={cfg.defense.name}")
-        run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=root / label)
+        run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=root / label, vocabulary_from=config)
         rows.append({"setting": label, "run_dir": str(run_dir), **metrics})
     undefended = next(r for r in rows if r["setting"] == "undefended")
     clean = next((r for r in rows if r["setting"] == "clean"), None)

@@ -29,6 +29,21 @@ def test_tiny_preset_trains_its_tokenizer_and_builds_a_random_llama():
         load_base_model(config, None)
 
 
+def test_the_tiny_tokenizer_is_trained_once_per_corpus_and_cached(tmp_path, monkeypatch):
+    from p2pdefense.models import tiny
+
+    trained = []
+    real = tiny.train_tokenizer
+    monkeypatch.setattr(tiny, "train_tokenizer", lambda texts, size: trained.append(1) or real(texts, size))
+    first = tiny.cached_tokenizer(TEXTS, 300, tmp_path)
+    again = tiny.cached_tokenizer(TEXTS, 300, tmp_path)
+    assert len(trained) == 1 and len(list((tmp_path / "tiny-tokenizers").glob("*.json"))) == 1
+    assert again("the plot was dull .")["input_ids"] == first("the plot was dull .")["input_ids"]
+    assert again.pad_token_id == first.pad_token_id == 0 and again.eos_token_id == first.eos_token_id == 1
+    tiny.cached_tokenizer(TEXTS + ["mn mn mn"], 300, tmp_path)  # another corpus, another tokenizer
+    assert len(trained) == 2
+
+
 @pytest.fixture
 def local_model_dir(tmp_path):
     """A small causal LM saved to disk, standing in for a hub checkpoint."""

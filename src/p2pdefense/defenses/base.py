@@ -45,6 +45,14 @@ class Defense:
     def output_verbalizers(self, verbalizers: list[str]) -> list[str]:
         return verbalizers
 
+    def cues(self, task_cue: str) -> list[str]:
+        """Every answer cue this defense's prompts end with."""
+        return [task_cue]
+
+    def vocabulary_strings(self) -> list[str]:
+        """Text this defense adds to inputs or outputs (a tokenizer trained for the run must know it)."""
+        return []
+
     def protected_strings(self, example: Example) -> list[str]:
         """Text this defense put into the input that cutting a long prompt must keep."""
         return []

@@ -96,6 +96,12 @@ class P2P(Defense):
             return verbalizers + [str(i) for i in range(n, 2 * n)]
         raise ValueError("defense.benign_label_words is required when task.label_words is set")
 
+    def cues(self, task_cue: str) -> list[str]:
+        return [task_cue, self.config.benign_cue] if self.config.cue == "distinct" else [task_cue]
+
+    def vocabulary_strings(self) -> list[str]:
+        return [self.config.benign_trigger, self.config.output_prefix]
+
     def protected_strings(self, example: Example) -> list[str]:
         return [self.config.benign_trigger.strip()] if example.meta.benign else []
 

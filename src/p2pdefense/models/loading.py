@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .smollm2 import converted_smollm2
-from .tiny import build_tiny_llama, train_tokenizer
+from .smollm2 import cache_root, converted_smollm2
+from .tiny import build_tiny_llama, cached_tokenizer
 
 
 class LoraSettings(BaseModel):
@@ -69,7 +69,7 @@ def load_base_model(config: ModelConfig, tokenizer_texts: Iterable[str] | None =
     if config.preset == "tiny":
         if tokenizer_texts is None:
             raise ValueError("the tiny preset trains its tokenizer on the task's texts; none were given")
-        tokenizer = train_tokenizer(tokenizer_texts, config.tiny.vocab_size)
+        tokenizer = cached_tokenizer(tokenizer_texts, config.tiny.vocab_size, cache_root())
         model = build_tiny_llama(len(tokenizer), config.tiny.hidden_size, config.tiny.num_layers,
                                  config.tiny.num_heads, max_positions=2048, seed=seed).to(dtype)
     else:
