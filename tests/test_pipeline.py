@@ -115,7 +115,51 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeyp
     monkeypatch.setattr(pipeline, "save_trained", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(config)
-    assert list(tmp_path.iterdir()) == []
+    # only the hidden checkpoints of the interrupted run remain: nothing named like a run, no staging directory
+    assert [p.name for p in tmp_path.iterdir()] == [".broken.checkpoints"]
+
+
+def test_a_failed_write_keeps_the_staging_directory_and_resume_finishes_without_training(tmp_path, monkeypatch):
+    config = load_config(None, [f"output_dir={tmp_path}", "name=full-disk", "data.synthetic.train_rows=60",
+                                "train.epochs=2", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300"])
+    real_save = pipeline.save_trained
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "save_trained", disk_full)
+    with pytest.raises(OSError, match=r"No space left.*kept in .*\.full-disk\.incomplete-\d+.*--resume"):
+        pipeline.run(config)
+    staging = list(tmp_path.glob(".full-disk.incomplete-*"))
+    assert len(staging) == 1 and (staging[0] / "predictions.jsonl").exists()
+    assert not (tmp_path / "full-disk").exists()
+    with pytest.raises(FileExistsError, match="--resume"):  # checkpoints exist: say what to do
+        pipeline.run(config)
+    monkeypatch.setattr(pipeline, "save_trained", real_save)
+    run_dir, metrics = pipeline.run(config, resume=True)
+    assert metrics["resumed_from_epoch"] == 2 and (run_dir / "metrics.json").exists()
+    assert not (tmp_path / ".full-disk.checkpoints").exists()  # removed once the run is complete
+    # the staging directory of this (still living) process was reused; none is left
+    assert not list(tmp_path.glob(".full-disk.incomplete-*"))
+
+
+def test_stale_staging_of_dead_processes_is_removed_and_overwrite_replaces_the_old_run(tmp_path):
+    config = load_config(None, [f"output_dir={tmp_path}", "name=r", "data.synthetic.train_rows=60",
+                                "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300"])
+    dead = tmp_path / ".r.incomplete-999999999"
+    dead.mkdir()
+    run_dir, first = pipeline.run(config)
+    assert not dead.exists()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        pipeline.run(config)
+    _, second = pipeline.run(config, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert second["ca"] == first["ca"]  # same configuration and seed: the same numbers
+    provenance = second["provenance"]
+    assert provenance["libraries"]["torch"].startswith("2.13.0") and provenance["device"] == "cpu"
+    assert provenance["dtype"] == "float32" and provenance["version"] == "0.1.0"
+    assert {"load_data", "attack", "defend", "load_model", "train", "evaluate", "write"} <= set(
+        second["stage_seconds"])
 
 
 def test_baselines_share_poison_and_report_comparisons(tmp_path):
@@ -149,3 +193,57 @@ def test_baselines_share_poison_and_report_comparisons(tmp_path):
     ids = [AutoTokenizer.from_pretrained(root / setting / "model")(text)["input_ids"]
            for setting in ("clean", "undefended", "p2p")]
     assert ids[0] == ids[1] == ids[2]
+
+
+KILL_CONFIG = """
+seed: 1
+data:
+  synthetic: {train_rows: 1200, test_rows: 100}
+attack: {name: badnets, rate: 0.1, triggers: [mn]}
+defense: {name: p2p}
+model:
+  preset: tiny
+  tiny: {vocab_size: 400, hidden_size: 64, num_layers: 2, num_heads: 2}
+train: {epochs: 8, batch_size: 16}
+stealth_report: false
+"""
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(KILL_CONFIG, encoding="utf-8")
+    command = [sys.executable, "-m", "p2pdefense", "run", str(config_path), "--set", "name=killed"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.Popen([*command, "--set", f"output_dir={tmp_path / 'a'}"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "a" / ".killed.checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "a" / "killed").exists()
+
+    refused = runner.invoke(app, ["run", str(config_path), "--set", f"output_dir={tmp_path / 'a'}",
+                                  "--set", "name=killed"])
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    resumed = subprocess.run([*command, "--set", f"output_dir={tmp_path / 'a'}", "--resume"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    uninterrupted = subprocess.run([*command, "--set", f"output_dir={tmp_path / 'b'}"], env=env,
+                                   capture_output=True, text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+    after_kill = json.loads((tmp_path / "a" / "killed" / "metrics.json").read_text())
+    reference = json.loads((tmp_path / "b" / "killed" / "metrics.json").read_text())
+    assert 1 <= after_kill["resumed_from_epoch"] < 8
+    for key in ("ca", "asr", "asr_strict", "triggered_accuracy", "best_epoch"):
+        assert after_kill[key] == reference[key], key
+    assert [e["loss"] for e in after_kill["epochs"]] == pytest.approx([e["loss"] for e in reference["epochs"]])
+    assert read_predictions(tmp_path / "a" / "killed") == read_predictions(tmp_path / "b" / "killed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,20 @@ def print_table(rows: list[dict], title: str) -> None:
     console.print(table)
     for r in rows:
         console.print(f"  {r['setting']:<11} {r['run_dir']}")
+
+
+@app.callback()
+def configure_logging(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug messages too")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings and errors only")] = False,
+) -> None:
+    """Diagnostics go through Python logging (to stderr), results tables to stdout."""
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("p2pdefense").setLevel(level)
 
 
 def _fail(message: str) -> None:
@@ -104,8 +119,10 @@ def demo(
 def run(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="run configuration (YAML)")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set attack.rate=0.1")] = None,
-    baselines: Annotated[bool, typer.Option(help="also run the clean reference and the undefended attack")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    baselines: Annotated[bool, typer.Option(help="also run the clean reference and the undefended attack (finished "
+                                                 "runs of the same configuration are not run again)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory and start again")] = False,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last finished epoch")] = False,
 ) -> None:
     """Run the full pipeline (attack -> defend -> train -> evaluate) for one configuration."""
     try:
@@ -114,15 +131,16 @@ def run(
         _fail(str(err))
     from .pipeline import run as run_one
     from .pipeline import run_with_baselines
+    from .train import TrainingDiverged
 
     try:
         if baselines:
-            root, rows = run_with_baselines(config, overwrite=overwrite)
+            root, rows = run_with_baselines(config, overwrite=overwrite, resume=resume)
             print_table(rows, f"{config.run_name} (summary: {root / 'summary.md'})")
         else:
-            run_dir, metrics = run_one(config, overwrite=overwrite)
+            run_dir, metrics = run_one(config, overwrite=overwrite, resume=resume)
             print_table([{"setting": config.defense.name, "run_dir": str(run_dir), **metrics}], config.run_name)
-    except (DataError, FileExistsError, ValueError) as err:
+    except (DataError, OSError, ValueError, TrainingDiverged) as err:
         _fail(str(err))
 
 

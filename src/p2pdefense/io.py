@@ -1,14 +1,18 @@
-"""Atomic writes: a reader never sees a half-written file or a run directory that looks complete."""
+"""Atomic writes and run directories: a reader never sees a half-written file or a run directory that looks
+complete; a failed write keeps what was written and says where."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -31,19 +35,58 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+class RunWriteError(OSError):
+    """Writing a run failed (disk full, permission); what was written is kept in a staging directory."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Remove staging directories of `final` left by processes that no longer run; returns them."""
+    removed = []
+    for staging in final.parent.glob(f".{final.name}.incomplete-*"):
+        suffix = staging.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and not _process_alive(int(suffix)):
+            log.warning("removing %s, the unfinished output of a process that no longer runs", staging)
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
 @contextmanager
-def staged_directory(final: Path, overwrite: bool):
-    """Yield a staging directory that becomes `final` only when the block finishes without error."""
+def staged_directory(final: Path, overwrite: bool, recovery_hint: str = ""):
+    """Yield a staging directory that becomes `final` only when the block finishes without error.
+
+    A write failure (OSError) keeps the staging directory and names it; any other exception removes it. With
+    `overwrite`, an existing `final` is renamed aside first and deleted only once the new one is in place."""
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; choose another name or pass --overwrite")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(final)
     staging = final.with_name(f".{final.name}.incomplete-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         yield staging
+    except OSError as err:
+        raise RunWriteError(f"writing {final} failed: {err}. What was written is kept in {staging}"
+                            f"{recovery_hint}") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    aside = None
     if final.exists():
-        shutil.rmtree(final)
+        aside = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        final.rename(aside)
     staging.rename(final)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)

@@ -6,7 +6,10 @@ poison: the floor of how often the trigger alone flips a model) and the undefend
 
 from __future__ import annotations
 
+import json
+import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,12 +24,14 @@ from .data import Example, LoadResult, load_examples, synthetic_math, synthetic_
 from .defenses import build_defense
 from .evaluate import accuracy, classification_metrics, compare, generation_metrics, predict, predict_generation
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .models import ModelConfig, load_base_model, save_trained
+from .models import ModelConfig, load_base_model, save_trained, training_precision
+from .provenance import provenance
 from .stealth import stealth_report
 from .tasks import ClassificationTask, GenerationTask
 from .tasks.prompt import format_prompt
 from .train import make_accelerator, train
 
+log = logging.getLogger(__name__)
 SYNTHETIC = {"classification": synthetic_sentiment, "math": synthetic_math, "summarization": synthetic_summaries}
 
 
@@ -123,46 +128,120 @@ def default_learning_rate(config: RunConfig) -> float:
     return 1e-3 if config.model.preset == "tiny" else 2e-5
 
 
+class RunExists(FileExistsError):
+    """The run directory (or an interrupted run's checkpoints) exists and the caller did not say what to do."""
+
+
+def _comparable(config: RunConfig) -> dict:
+    """The configuration without where it is written: two runs with equal dumps compute the same thing."""
+    return config.model_dump(mode="json", exclude={"output_dir", "name"})
+
+
+def finished_metrics(run_dir: Path, config: RunConfig) -> dict | None:
+    """metrics.json of a finished run of exactly this configuration in run_dir, else None."""
+    from .config import load_config
+
+    if not (run_dir / "metrics.json").exists() or not (run_dir / "config.yaml").exists():
+        return None
+    try:
+        if _comparable(load_config(run_dir / "config.yaml")) != _comparable(config):
+            return None
+    except ValueError:
+        return None
+    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
+def checkpoint_dir_of(run_dir: Path) -> Path:
+    return run_dir.with_name(f".{run_dir.name}.checkpoints")
+
+
+def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resume: bool) -> Path:
+    """Check before any work that the run may start (or continue); returns its checkpoint directory."""
+    checkpoints = checkpoint_dir_of(run_dir)
+    if run_dir.exists() and not overwrite:
+        raise RunExists(f"{run_dir} exists: pass --overwrite to replace it (or choose another name); --resume "
+                        "continues an interrupted run of the same configuration")
+    saved = checkpoints / "config.yaml"
+    if checkpoints.exists() and overwrite and not resume:
+        shutil.rmtree(checkpoints)
+    elif checkpoints.exists() and saved.exists():
+        from .config import load_config
+
+        if not resume:
+            raise RunExists(f"an interrupted run left checkpoints in {checkpoints}: pass --resume to continue it, "
+                            "or --overwrite to start again")
+        before, now = _comparable(load_config(saved)), _comparable(config)
+        if before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise RunExists(f"--resume: the checkpoints in {checkpoints} belong to another configuration "
+                            f"(sections that differ: {', '.join(changed)}); pass --overwrite to start again")
+    return checkpoints
+
+
 def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
-        vocabulary_from: RunConfig | None = None) -> tuple[Path, dict]:
+        vocabulary_from: RunConfig | None = None, resume: bool = False) -> tuple[Path, dict]:
     """Run one configuration; returns the run directory and its metrics.
 
+    overwrite: replace an existing run directory (and start again, discarding checkpoints);
+    resume: continue from the checkpoints of an interrupted run of the same configuration; a finished run of it
+    is returned as it is;
     vocabulary_from: the configuration whose defense strings the tiny preset's tokenizer includes (the defended
     run of a --baselines group, so that all its runs share one tokenizer); default this one."""
     started = time.perf_counter()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
+    if resume and not overwrite and (done := finished_metrics(final_dir, config)) is not None:
+        log.info("%s is finished with this configuration; nothing to do", final_dir)
+        return final_dir, done
+    checkpoints = _prepare_checkpoints(final_dir, config, overwrite, resume)
+    stage_seconds: dict[str, float] = {}
+
+    def lap(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        stage_seconds[stage] = round(now - since, 3)
+        return now
+
     n = getattr(config.task, "num_labels", 0)
     if not config.is_generation and getattr(config.attack, "target_label", 0) >= n:
         raise ValueError(f"attack.target_label={config.attack.target_label} is not a label (0..{n - 1})")
     splits = load_splits(config)
+    mark = lap("load_data", started)
     defense = build_defense(config.defense, n)
     attack = build_attack(config.attack, n)
     poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
     triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
+    mark = lap("attack", mark)
     train_rows = defense.before_training(poisoned, stage_rng(config.seed, "defense"))
+    mark = lap("defend", mark)
 
     # diagnostics joined after the fact on source_index; the defense itself never saw the flags
     poisoned_ids = {ex.meta.source_index for ex in poisoned if ex.meta.poisoned}
     benign_ids = {ex.meta.source_index for ex in train_rows if ex.meta.benign}
 
-    accelerator = make_accelerator(config.train)
+    load_dtype, mixed_precision = training_precision(config.model)
+    accelerator = make_accelerator(config.train, mixed_precision, project_dir=checkpoints)
+    if config.train.log_with:
+        accelerator.init_trackers(config.run_name, config=_comparable(config) | {"run": config.run_name})
+    if accelerator.is_main_process:
+        write_text_atomic(checkpoints / "config.yaml", to_yaml(config))
     set_seed(config.seed)
     # the tokenizer (tiny preset) comes from the clean rows and the group's defended configuration
     vocabulary = build_defense((vocabulary_from or config).defense, n)
-    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config, vocabulary), config.seed)
-    model.to(accelerator.device)
+    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config, vocabulary), config.seed,
+                                       dtype=load_dtype, device=accelerator.device)
+    mark = lap("load_model", mark)
     stealth = None
     if config.stealth_report:
         reference, reference_tokenizer = model, tokenizer
         if config.stealth_reference is not None:
             source = ({"preset": "smollm2-135m"} if config.stealth_reference == "smollm2-135m"
                       else {"preset": None, "name_or_path": config.stealth_reference})
-            reference, reference_tokenizer = load_base_model(ModelConfig(**source, finetune="full"))
-            reference.to(accelerator.device)
+            reference, reference_tokenizer = load_base_model(ModelConfig(**source, finetune="full"),
+                                                             device=accelerator.device)
         stealth = stealth_report(reference, reference_tokenizer, splits.train, poisoned,
                                  config.train.eval_batch_size, accelerator.device)
         stealth["reference"] = config.stealth_reference or "base model"
         del reference
+        mark = lap("stealth", mark)
     task_class = GenerationTask if config.is_generation else ClassificationTask
     task = task_class(config.task, tokenizer, defense, config.train.max_length)
     # the attack's triggers, joined back by source row only to keep them through a cut of a long prompt
@@ -177,10 +256,11 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
             return generation_metrics(config.task.name, dev_predictions, [])[config.task.quality_metric]
         return accuracy(predict(m, task, splits.dev, "dev", batch, device))
 
+    mark = lap("encode", mark)
     train_report = train(model, features, tokenizer.pad_token_id, config.train, default_learning_rate(config),
-                         config.seed, dev_quality if splits.dev else None, accelerator)
+                         config.seed, dev_quality if splits.dev else None, accelerator, checkpoints, resume)
     model = accelerator.unwrap_model(model)
-    eval_start = time.perf_counter()
+    mark = lap("train", mark)
     if config.is_generation:
         clean, clean_seconds = predict_generation(model, task, splits.test, "clean", batch, device)
         triggered, triggered_seconds = predict_generation(model, task, triggered_test, "triggered", batch, device,
@@ -196,24 +276,32 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
         expected_raw = {i: defense.expected_raw_label(i) for i in range(n)}
         metrics = classification_metrics(clean, triggered, target, expected_raw)
         metrics.update(quality_metric="accuracy", verbalizers=task.verbalizers)
-    eval_seconds = time.perf_counter() - eval_start
+    mark = lap("evaluate", mark)
     metrics.update(
         run=config.run_name, attack=config.attack.name, defense=config.defense.name, seed=config.seed,
         num_train=len(splits.train), num_train_after_defense=len(train_rows), num_dev=len(splits.dev),
         num_poisoned=len(poisoned_ids), num_benign=len(benign_ids),
         num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids), learning_rate=default_learning_rate(config),
         best_epoch=train_report.best_epoch, epochs=train_report.epochs,
+        resumed_from_epoch=train_report.resumed_from_epoch,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
-        eval_seconds=eval_seconds, wall_seconds=time.perf_counter() - started, data_notes=splits.notes,
-        attack_notes=getattr(attack, "notes", []), stealth=stealth)
+        eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes,
+        attack_notes=getattr(attack, "notes", []), stealth=stealth,
+        provenance=provenance(model, accelerator))
     if accelerator.is_main_process:
-        with staged_directory(final_dir, overwrite) as staging:
+        hint = f"; the trained state is in {checkpoints} (--resume writes the run without training again)"
+        with staged_directory(final_dir, overwrite, hint) as staging:
             write_text_atomic(staging / "config.yaml", to_yaml(config))
             write_jsonl_atomic(staging / "train_log.jsonl", train_report.epochs)
             write_jsonl_atomic(staging / "predictions.jsonl", (p.to_json() for p in clean + triggered))
             save_trained(model, tokenizer, staging / "model")
+            lap("write", mark)
+            metrics.update(stage_seconds=stage_seconds, wall_seconds=round(time.perf_counter() - started, 3))
             write_json_atomic(staging / "metrics.json", metrics)  # last: its presence means complete
+        shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
+    if config.train.log_with:
+        accelerator.end_training()
     return final_dir, metrics
 
 
@@ -235,14 +323,20 @@ def _no_defense():
     return DEFENSES["none"].config_class()
 
 
-def run_with_baselines(config: RunConfig, overwrite: bool = False) -> tuple[Path, list[dict]]:
-    """Run the references and the defended run into one directory with a summary table."""
+def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool = False) -> tuple[Path, list[dict]]:
+    """Run the references and the defended run into one directory with a summary table. A run whose directory
+    holds a finished run of the identical configuration is not run again (unless overwrite)."""
     root = Path(config.output_dir) / config.run_name
     rows = []
     for label, cfg in reference_configs(config).items():
-        print(f"\n== {label}: attack={cfg.attack.name} (rate {getattr(cfg.attack, 'rate', 0)}), "
-              f"defense={cfg.defense.name}")
-        run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=root / label, vocabulary_from=config)
+        run_dir = root / label
+        metrics = None if overwrite else finished_metrics(run_dir, cfg)
+        if metrics is not None:
+            log.info("== %s: finished already in %s, not run again", label, run_dir)
+        else:
+            log.info("== %s: attack=%s (rate %s), defense=%s", label, cfg.attack.name,
+                     getattr(cfg.attack, "rate", 0), cfg.defense.name)
+            run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=run_dir, vocabulary_from=config, resume=resume)
         rows.append({"setting": label, "run_dir": str(run_dir), **metrics})
     undefended = next(r for r in rows if r["setting"] == "undefended")
     clean = next((r for r in rows if r["setting"] == "clean"), None)

@@ -1,4 +1,14 @@
-from .loading import LoraSettings, ModelConfig, TinySettings, load_base_model, load_trained, resolve_dtype, save_trained
+from .loading import (
+    HUB_IDS,
+    LoraSettings,
+    ModelConfig,
+    TinySettings,
+    load_base_model,
+    load_trained,
+    resolve_dtype,
+    save_trained,
+    training_precision,
+)
 
-__all__ = ["LoraSettings", "ModelConfig", "TinySettings", "load_base_model", "load_trained", "resolve_dtype",
-           "save_trained"]
+__all__ = ["HUB_IDS", "LoraSettings", "ModelConfig", "TinySettings", "load_base_model", "load_trained",
+           "resolve_dtype", "save_trained", "training_precision"]

@@ -63,9 +63,28 @@ def resolve_dtype(name: str) -> torch.dtype:
     return torch.float32
 
 
-def load_base_model(config: ModelConfig, tokenizer_texts: Iterable[str] | None = None, seed: int = 0):
-    """(model, tokenizer) ready for fine-tuning: LoRA-wrapped when finetune is lora."""
+def training_precision(config: ModelConfig) -> tuple[torch.dtype, str]:
+    """(dtype to load the weights in, accelerate's mixed_precision) for fine-tuning.
+
+    Full fine-tuning in bf16/fp16 keeps fp32 master weights and autocasts (AdamW updates on bf16 weights lose
+    most small steps); LoRA loads the frozen base in the low-precision dtype, and peft keeps the adapters fp32."""
     dtype = resolve_dtype(config.dtype)
+    if config.finetune_method == "full" and dtype in (torch.bfloat16, torch.float16):
+        return torch.float32, "bf16" if dtype == torch.bfloat16 else "fp16"
+    return dtype, "no"
+
+
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""The hub id of each pretrained preset: saved adapters name it as their base model."""
+
+
+def load_base_model(config: ModelConfig, tokenizer_texts: Iterable[str] | None = None, seed: int = 0,
+                    dtype: torch.dtype | None = None, device=None):
+    """(model, tokenizer) ready for fine-tuning: LoRA-wrapped when finetune is lora.
+
+    dtype: override config.dtype (see training_precision); device: load the weights straight onto it (each
+    process its own device under `accelerate launch`), instead of building on the CPU and moving them."""
+    dtype = dtype or resolve_dtype(config.dtype)
     if config.preset == "tiny":
         if tokenizer_texts is None:
             raise ValueError("the tiny preset trains its tokenizer on the task's texts; none were given")
@@ -78,6 +97,8 @@ def load_base_model(config: ModelConfig, tokenizer_texts: Iterable[str] | None =
         source = str(converted_smollm2()) if config.preset == "smollm2-135m" else config.name_or_path
         extra = {"gguf_file": config.gguf_file} if config.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code, **extra)
+        if device is not None and torch.device(device).type != "cpu":
+            extra["device_map"] = {"": torch.device(device)}
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=config.trust_remote_code, **extra)
     if tokenizer.pad_token is None:
@@ -88,27 +109,34 @@ def load_base_model(config: ModelConfig, tokenizer_texts: Iterable[str] | None =
         model = get_peft_model(model, LoraConfig(
             task_type="CAUSAL_LM", r=config.lora.r, lora_alpha=config.lora.alpha,
             lora_dropout=config.lora.dropout, target_modules=config.lora.target_modules))
+        if config.preset in HUB_IDS:  # not the local conversion cache: the adapter must load elsewhere
+            model.peft_config["default"].base_model_name_or_path = HUB_IDS[config.preset]
+    if device is not None:
+        model.to(device)
     return model, tokenizer
 
 
 def save_trained(model, tokenizer, directory: Path) -> None:
-    """peft adapter (loadable by PeftModel.from_pretrained) or the full model, plus the tokenizer."""
+    """peft adapter (loadable by PeftModel.from_pretrained / AutoPeftModelForCausalLM, its base model named by
+    hub id for presets) or the full model, plus the tokenizer."""
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
 
-def load_trained(config: ModelConfig, directory: Path):
-    """The fine-tuned model of a finished run, for prediction."""
+def load_trained(config: ModelConfig, directory: Path, device=None):
+    """The fine-tuned model of a finished run, for prediction (on `device`; default a GPU when present)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(config.dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if (directory / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base, _ = load_base_model(config.model_copy(update={"finetune": "full"}))
+        # the base weights from this machine (the preset's conversion, or the run's hub id / path)
+        base, _ = load_base_model(config.model_copy(update={"finetune": "full"}), dtype=dtype, device=device)
         model = PeftModel.from_pretrained(base, directory)
     else:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-    model.eval()
+    model.to(device).eval()
     return model, tokenizer
