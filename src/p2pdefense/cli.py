@@ -156,7 +156,7 @@ def predict(
 
     try:
         rows = predict_run(run_dir, input, text_field)
-    except (DataError, FileNotFoundError, ConfigError) as err:
+    except (DataError, OSError, ValueError) as err:  # ConfigError is a ValueError
         _fail(str(err))
     target = output or run_dir / "predict.jsonl"
     write_jsonl_atomic(target, rows)

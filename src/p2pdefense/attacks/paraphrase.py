@@ -14,13 +14,16 @@ import hashlib
 import json
 import os
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
+from tqdm.auto import tqdm
 
 from ..data import Example, load_examples
+from ..io import write_json_atomic
 from .base import Attack, AttackConfig
 from .registry import register
 
@@ -74,14 +77,16 @@ class ModelParaphraser:
 
     def __call__(self, examples: list[Example]) -> list[str | None]:
         missing = sorted({ex.text for ex in examples if ex.text not in self.cache})
-        for start in range(0, len(missing), self.batch_size):
+        last_write = time.monotonic()
+        for start in tqdm(range(0, len(missing), self.batch_size), desc=f"paraphrasing ({self.name})",
+                          disable=None if missing else True):
             chunk = missing[start:start + self.batch_size]
             self.cache.update(zip(chunk, self._generate(chunk), strict=True))
+            if time.monotonic() - last_write > 30:  # incremental: a stopped run keeps what was paraphrased
+                write_json_atomic(self.cache_path, self.cache)
+                last_write = time.monotonic()
         if missing:  # atomic: a reader never sees a half-written cache
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_path.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(self.cache, ensure_ascii=False), encoding="utf-8")
-            tmp.replace(self.cache_path)
+            write_json_atomic(self.cache_path, self.cache)
         return [self.cache[ex.text] for ex in examples]
 
 
