@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator, debug_launcher
 from accelerate.utils import DataLoaderConfiguration
 
+from p2pdefense.evaluate import across_processes
 from p2pdefense.models.tiny import build_tiny_llama
 from p2pdefense.train import TrainConfig, train
 
@@ -33,6 +34,12 @@ def run(out: str, processes: int) -> None:
     model = build_tiny_llama(32, 32, 1, 2, 64, seed=0)
     config = TrainConfig(epochs=EPOCHS, batch_size=PER_DEVICE_BATCH * 2 // processes, log_every=1)
     report = train(model, features(), 0, config, 5e-3, seed=0, accelerator=accelerator)
+    # evaluation is split across processes and gathered: every rank gets every result, in order
+    seen = []
+    gathered = across_processes(7, lambda share: seen.extend(share) or [i * i for i in share])
+    (Path(out) / f"gather-{processes}-rank{accelerator.process_index}.json").parent.mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"gather-{processes}-rank{accelerator.process_index}.json").write_text(
+        json.dumps({"results": gathered, "computed": seen}))
     if accelerator.is_main_process:
         directory = Path(out) / f"processes-{processes}"
         directory.mkdir(parents=True, exist_ok=True)

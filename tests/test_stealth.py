@@ -35,6 +35,16 @@ def test_perplexity_matches_the_models_own_loss(lm):
     assert batched == pytest.approx(single, rel=1e-4)
 
 
+def test_perplexity_projects_chunks_of_positions_with_the_same_result(lm, monkeypatch):
+    from p2pdefense import stealth
+
+    model, tokenizer, rows = lm
+    texts = [e.text for e in rows[:4]]
+    whole = perplexities(model, tokenizer, texts, 4, "cpu")
+    monkeypatch.setattr(stealth, "LOGIT_CHUNK", 3)  # several chunks per text, a ragged last one
+    assert perplexities(model, tokenizer, texts, 4, "cpu") == pytest.approx(whole, rel=1e-5)
+
+
 def test_stealth_report_counts_changes_and_sees_rare_word_triggers(lm):
     model, tokenizer, rows = lm
     attacked = [replace(e, text=e.text + " cf zq xj") if i % 10 == 0 else e for i, e in enumerate(rows)]

@@ -74,6 +74,10 @@ def test_two_processes_follow_the_same_schedule_and_weights_as_one_process_with_
     assert two["learning_rates"] == pytest.approx(one["learning_rates"])
     assert two["learning_rates"][8] > 0 and two["learning_rates"][-1] == 0
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    ranks = [json.loads((tmp_path / f"gather-2-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["results"] == [i * i for i in range(7)] for r in ranks)
+    assert sorted(ranks[0]["computed"] + ranks[1]["computed"]) == list(range(7))  # each index computed once
+    assert ranks[0]["computed"] and ranks[1]["computed"]
     weights_one, weights_two = (torch.load(tmp_path / f"processes-{p}" / "weights.pt") for p in (1, 2))
     for name, value in weights_one.items():
         assert torch.allclose(value, weights_two[name], atol=1e-5), name

@@ -12,7 +12,11 @@ benign space n..2n-1, since every input carries the benign trigger).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+from accelerate import PartialState
+from accelerate.utils import gather_object
 
 from .attacks.targets import OutputTarget
 from .data import Example
@@ -44,6 +48,20 @@ class Prediction:
         return asdict(self)
 
 
+def across_processes(count: int, compute: Callable[[list[int]], list]) -> list:
+    """compute(indices) -> one result per index. Under `accelerate launch` each process computes a share of the
+    indices and every process receives all results, in order; with one process it is a plain call."""
+    state = PartialState()
+    if state.num_processes == 1:
+        return compute(list(range(count)))
+    with state.split_between_processes(list(range(count))) as mine:
+        pairs = list(zip(mine, compute(list(mine)), strict=True))
+    results: list = [None] * count
+    for index, result in gather_object(pairs):
+        results[index] = result
+    return results
+
+
 def predict(model, task: ClassificationTask, examples: list[Example], split: str, batch_size: int,
             device) -> list[Prediction]:
     """Apply the defense's inference stage, score every verbalizer, fold. Dropout is off (eval mode)."""
@@ -51,10 +69,18 @@ def predict(model, task: ClassificationTask, examples: list[Example], split: str
     model.eval()
     inputs = [task.defense.at_inference(ex) for ex in examples]
     triggers = [ex.meta.trigger for ex in examples]  # the attack's, kept through a cut; never shown to a defense
-    predictions: list[Prediction | None] = [None] * len(inputs)
+    predictions = across_processes(len(inputs), lambda share: _predict_share(model, task, inputs, triggers, share,
+                                                                              split, batch_size, device))
+    model.train(was_training)
+    return predictions
+
+
+def _predict_share(model, task: ClassificationTask, inputs: list[Example], triggers: list[str | None],
+                   share: list[int], split: str, batch_size: int, device) -> list[Prediction]:
+    predictions: dict[int, Prediction] = {}
     by_plan: dict[int, list[int]] = {}
-    for i, ex in enumerate(inputs):
-        by_plan.setdefault(id(task.plan(ex)), []).append(i)
+    for i in share:
+        by_plan.setdefault(id(task.plan(inputs[i])), []).append(i)
     for indices in by_plan.values():
         plan = task.plan(inputs[indices[0]])
         encoded = [task.encode_prompt(inputs[i], triggers[i]) for i in indices]
@@ -67,8 +93,7 @@ def predict(model, task: ClassificationTask, examples: list[Example], split: str
                 truncated=enc.truncated, trigger_in_input=enc.trigger_in_input, gold=inputs[i].label, raw=raw,
                 folded=task.defense.fold(raw),
                 scores=[round(s, 4) for s in row])
-    model.train(was_training)
-    return predictions
+    return [predictions[i] for i in share]
 
 
 def accuracy(predictions: list[Prediction]) -> float:
@@ -159,7 +184,12 @@ def predict_generation(model, task: GenerationTask, examples: list[Example], spl
     """Generate for every example (the defense's inference stage applied), strip the prefix, score.
     Returns the predictions and the seconds spent decoding."""
     inputs = [task.defense.at_inference(ex) for ex in examples]
-    generations, seconds = task.generate(model, inputs, batch_size, device, [ex.meta.trigger for ex in examples])
+    triggers = [ex.meta.trigger for ex in examples]
+    timed = across_processes(len(inputs), lambda share: [
+        (gen, seconds) for gens, seconds in [task.generate(model, [inputs[i] for i in share], batch_size, device,
+                                                           [triggers[i] for i in share])] for gen in gens])
+    generations = [gen for gen, _ in timed]
+    seconds = max((s for _, s in timed), default=0.0)  # the processes decode at the same time
     score_one, _ = SCORERS[task.config.name]
     predictions = []
     for i, (ex, gen) in enumerate(zip(inputs, generations, strict=True)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm.auto import tqdm
 
 from .data import Example
 
@@ -14,24 +15,38 @@ def _input_text(example: Example) -> str:
     return example.text if example.instruction is None else f"{example.instruction}\n{example.text}"
 
 
+LOGIT_CHUNK = 64
+"""Positions projected onto the vocabulary at a time: a 49k-word vocabulary in fp32 over a whole batch of
+512-token texts would take gigabytes."""
+
+
 @torch.no_grad()
 def perplexities(model, tokenizer, texts: list[str], batch_size: int, device) -> list[float]:
-    """Per-text perplexity: exp of the mean next-token negative log-likelihood."""
+    """Per-text perplexity: exp of the mean next-token negative log-likelihood. The final hidden states are
+    projected onto the vocabulary a chunk of positions at a time, never as one full-vocabulary fp32 tensor."""
     was_training = model.training
     model.eval()
+    head = model.get_output_embeddings()
     out = []
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), desc="stealth perplexity", leave=False, disable=None):
         encoded = [tokenizer(t, add_special_tokens=True)["input_ids"][:512] for t in texts[start:start + batch_size]]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, e in enumerate(encoded):
             ids[row, : len(e)], mask[row, : len(e)] = torch.tensor(e), 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].to(device),
-                                                reduction="none")
-        weights = mask[:, 1:].to(device).float()
-        out += torch.exp((nll * weights).sum(1) / weights.sum(1).clamp(min=1)).tolist()
+        ids, mask = ids.to(device), mask.to(device)
+        # logits_to_keep=1: the model computes no full logits; hidden_states[-1] is the final (normed) state
+        hidden = model(input_ids=ids, attention_mask=mask, logits_to_keep=1, output_hidden_states=True,
+                       use_cache=False).hidden_states[-1]
+        nll_sum = torch.zeros(len(encoded), device=device)
+        for s in range(0, width - 1, LOGIT_CHUNK):
+            e = min(s + LOGIT_CHUNK, width - 1)
+            logits = head(hidden[:, s:e]).float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, s + 1:e + 1], reduction="none")
+            nll_sum += (nll * mask[:, s + 1:e + 1]).sum(1)
+        counts = mask[:, 1:].sum(1).clamp(min=1)
+        out += torch.exp(nll_sum / counts).tolist()
     model.train(was_training)
     return out
 

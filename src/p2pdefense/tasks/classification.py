@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from ..data import Example
 from .prompt import fit_prompt, format_with_span
@@ -123,9 +124,9 @@ def logits_at(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Ten
     """Logits at `positions` ([rows, k]) only: projecting every position onto a large vocabulary costs more
     than the rest of a small model's forward pass."""
     try:
-        return model(input_ids=ids, attention_mask=mask, logits_to_keep=positions).logits
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=positions, use_cache=False).logits
     except TypeError:  # a model class without `logits_to_keep`
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         return torch.take_along_dim(logits, positions[..., None], dim=1)
 
 
@@ -142,7 +143,7 @@ def score_verbalizers(model, prompts: list[list[int]], verbalizer_ids: list[list
     first_tokens = torch.tensor([v[0] for v in verbalizer_ids], device=device)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = torch.zeros(len(prompts), num_labels)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", leave=False, disable=None):
         chunk = order[start:start + batch_size]
         pairs = [(prompts[i], []) for i in chunk] if single_token else \
             [(prompts[i], v) for i in chunk for v in verbalizer_ids]

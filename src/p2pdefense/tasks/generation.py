@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from ..data import Example
 from .prompt import FittedPrompt, fit_prompt, format_with_span
@@ -91,7 +92,7 @@ class GenerationTask:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(encoded)
         start = time.perf_counter()
-        for offset in range(0, len(order), batch_size):
+        for offset in tqdm(range(0, len(order), batch_size), desc="generating", leave=False, disable=None):
             chunk = order[offset:offset + batch_size]
             width = max(len(encoded[i]) for i in chunk)
             ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
