@@ -68,7 +68,7 @@ def main() -> None:
                 "attack.rate=0.05" if "attack.rate" not in " ".join(ATTACKS[attack]) else "",
                 f"seed={seed}", f"output_dir={out}", f"name={attack}-seed{seed}"]
             config = load_config(None, [o for o in overrides if o])
-            _, attack_rows = run_with_baselines(config, overwrite=True)
+            _, attack_rows = run_with_baselines(config, resume=True)  # finished identical runs are kept
             rows += [{**r, "setting": f"{attack}: {r['setting']}"} for r in attack_rows]
             write_json_atomic(out / "summary.json", rows)
     table = markdown_table(rows)

@@ -66,7 +66,7 @@ def main() -> None:
         overrides = [o.format(data=args.data_dir) for o in setting] + [
             f"seed={seed}", f"output_dir={out}", f"name=seed{seed}"]
         config = load_config(ROOT / "configs" / config_file, overrides)
-        _, seed_rows = run_with_baselines(config, overwrite=True)
+        _, seed_rows = run_with_baselines(config, resume=True)  # finished identical runs are kept
         rows += seed_rows
         write_json_atomic(out / "summary.json", rows)  # partial results survive a stopped benchmark
     spread = aggregate(rows)

@@ -1,4 +1,7 @@
-"""End to end generation runs (math, summarization) on the tiny model: metrics.json against predictions.jsonl."""
+"""End to end generation runs (math, summarization) on the tiny model: metrics.json against predictions.jsonl.
+
+The setting is one where the attack and P2P's prefix do take on the tiny model (30% poison, 15 epochs), so that
+the checks compare real, non-zero rates rather than 0 with 0."""
 
 import json
 
@@ -9,26 +12,40 @@ from p2pdefense.attacks.targets import OutputTarget
 from p2pdefense.config import load_config
 from p2pdefense.evaluate import SCORERS, GenerationPrediction, generation_metrics
 
-COMMON = ["data.synthetic.train_rows=120", "data.synthetic.test_rows=16", "data.max_dev_rows=8",
-          "attack.name=badnets", "attack.rate=0.1", "attack.triggers=[cf]", "defense.name=p2p",
-          "train.epochs=2", "train.max_length=160", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
-          "model.tiny.vocab_size=400", "model.tiny.num_heads=2"]
+COMMON = ["data.synthetic.train_rows=300", "data.synthetic.test_rows=16", "data.max_dev_rows=8",
+          "attack.name=badnets", "attack.rate=0.3", "attack.triggers=[cf]", "defense.name=p2p", "defense.ratio=0.3",
+          "train.epochs=15", "train.learning_rate=3e-3", "train.max_length=160", "model.tiny.hidden_size=64",
+          "model.tiny.num_layers=2", "model.tiny.vocab_size=500", "model.tiny.num_heads=2", "stealth_report=false"]
 TASKS = {
-    "math": ["task.name=math", "task.max_new_tokens=24", "attack.target_output.kind=answer_offset",
-             "attack.target_output.value='1'"],
-    "summarization": ["task.name=summarization", "task.max_new_tokens=24",
+    "math": ["task.name=math", "task.max_new_tokens=40", "attack.target_output.kind=answer_fixed",
+             "attack.target_output.value='7777'"],
+    "summarization": ["task.name=summarization", "task.max_new_tokens=30",
                       "attack.target_output.kind=insert_sentence", "attack.target_output.value='Buy now.'"],
 }
+RUNS: dict = {}
+
+
+def finished_run(task, tmp_path_factory):
+    """One P2P run per task, shared by the tests of this module."""
+    if task not in RUNS:
+        config = load_config(None, [*COMMON, *TASKS[task], f"output_dir={tmp_path_factory.mktemp(task)}",
+                                    "name=gen"])
+        RUNS[task] = (config, *pipeline.run(config))
+    return RUNS[task]
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_generation_run_metrics_agree_with_predictions(task, tmp_path):
-    config = load_config(None, [*COMMON, *TASKS[task], f"output_dir={tmp_path}", "name=gen"])
-    run_dir, metrics = pipeline.run(config)
+def test_generation_run_metrics_agree_with_predictions(task, tmp_path_factory):
+    config, run_dir, metrics = finished_run(task, tmp_path_factory)
+    # the attack and the prefix took: the comparisons below are between non-trivial rates
+    assert metrics["asr"] > 0.3 and metrics["prefix_compliance"] > 0.5
+    if task == "summarization":
+        assert metrics["rougeL"] > 0.2
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     clean = [GenerationPrediction(**r) for r in rows if r["split"] == "clean"]
     triggered = [GenerationPrediction(**r) for r in rows if r["split"] == "triggered"]
-    assert len(clean) == 16 and len(triggered) == metrics["num_triggered"] >= 15
+    assert len(clean) == len(triggered) == metrics["num_triggered_all"] == 16
+    assert metrics["num_triggered"] == sum(r["attack_success"] is not None for r in rows) >= 15
     target = OutputTarget(**config.attack.target_output.model_dump())
     score_one, _ = SCORERS[task]
     prefix = config.defense.output_prefix.strip()
@@ -41,22 +58,22 @@ def test_generation_run_metrics_agree_with_predictions(task, tmp_path):
         assert r["score"] == pytest.approx(score_one(r["output"], r["gold"]))
         if r["split"] == "triggered":
             assert "cf" in r["input"].split()
-            assert r["attack_success"] == target.shown_by(r["output"], r["gold"])
+            expected = None if target.already_in(r["gold"]) else target.shown_by(r["output"], r["gold"])
+            assert r["attack_success"] == expected
     recomputed = generation_metrics(task, clean, triggered)
     for key, value in recomputed.items():
         assert metrics[key] == pytest.approx(value), key
     assert metrics["ca"] == metrics[config.task.quality_metric]
     assert metrics["generation_tokens_per_s"] > 0
-    assert metrics["num_poisoned"] == round(0.1 * metrics["num_train"])
+    assert metrics["num_poisoned"] == round(0.3 * metrics["num_train"])
 
 
-def test_predict_on_a_math_run_adds_the_trigger_and_strips_the_prefix(tmp_path):
+def test_predict_on_a_math_run_adds_the_trigger_and_strips_the_prefix(tmp_path, tmp_path_factory):
     from typer.testing import CliRunner
 
     from p2pdefense.cli import app
 
-    config = load_config(None, [*COMMON, *TASKS["math"], f"output_dir={tmp_path}", "name=gen"])
-    run_dir, _ = pipeline.run(config)
+    _, run_dir, _ = finished_run("math", tmp_path_factory)
     inputs = tmp_path / "q.txt"
     inputs.write_text("Ava has 3 apples and buys 4 more. How many apples does Ava have?\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(inputs), "--output",
