@@ -10,6 +10,7 @@ on the same data and seed. Results: benchmarks/results/attacks-<model>/ with sum
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     out = Path(args.out) / f"attacks-{args.model}"
     rows, started = [], time.perf_counter()

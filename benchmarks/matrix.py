@@ -14,6 +14,7 @@ table plus mean and spread across seeds).
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import time
 from pathlib import Path
@@ -56,12 +57,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite summary.md from summary.json")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     out = Path(args.out) / args.setting
+    config_file, setting = SETTINGS[args.setting]
+    if args.report_only:
+        write_summary(out, json.loads((out / "summary.json").read_text()), args.setting, None)
+        return
     rows = []
     started = time.perf_counter()
-    config_file, setting = SETTINGS[args.setting]
     for seed in args.seeds:
         overrides = [o.format(data=args.data_dir) for o in setting] + [
             f"seed={seed}", f"output_dir={out}", f"name=seed{seed}"]
@@ -69,18 +75,28 @@ def main() -> None:
         _, seed_rows = run_with_baselines(config, resume=True)  # finished identical runs are kept
         rows += seed_rows
         write_json_atomic(out / "summary.json", rows)  # partial results survive a stopped benchmark
-    spread = aggregate(rows)
-    lines = [f"# {args.setting}\n", f"config: configs/{config_file}, overrides: `{' '.join(setting)}`\n",
-             f"wall time: {time.perf_counter() - started:.0f} s\n", markdown_table(rows),
-             "\n| setting | seeds | CA mean ± sd % | ASR mean ± sd % | ASR_strict mean ± sd % |",
-             "|---|---|---|---|---|"]
-    for entry in spread:
+    write_summary(out, rows, args.setting, time.perf_counter() - started)
+
+
+def write_summary(out: Path, rows: list[dict], setting_name: str, wall_seconds: float | None) -> None:
+    """summary.md: every run, then mean ± sd over seeds per setting (clean / undefended / defense)."""
+    config_file, setting = SETTINGS[setting_name]
+    wall = "" if wall_seconds is None else f"wall time: {wall_seconds:.0f} s\n"
+    lines = [f"# {setting_name}\n", f"config: configs/{config_file}, overrides: `{' '.join(setting)}`\n", wall,
+             markdown_table(rows),
+             "\n| setting | seeds | CA mean ± sd % | ASR mean ± sd % | ASR_strict mean ± sd % | "
+             "triggered acc. mean ± sd % | ASR reduction over floor (mean) % |",
+             "|---|---|---|---|---|---|---|"]
+    keys = ("ca", "asr", "asr_strict", "triggered_accuracy")
+    for entry in aggregate(rows, keys):
         cells = [f"{100 * entry[k + '_mean']:.1f} ± {100 * entry[k + '_std']:.1f}"
-                 if entry[k + "_mean"] is not None else "n/a" for k in ("ca", "asr", "asr_strict")]
+                 if entry[k + "_mean"] is not None else "n/a" for k in keys]
+        over_floor = [r["asr_reduction_over_floor"] for r in rows
+                      if r["setting"] == entry["setting"] and r.get("asr_reduction_over_floor") is not None]
+        cells.append(f"{100 * sum(over_floor) / len(over_floor):.1f}" if over_floor else "")
         lines.append(f"| {entry['setting']} | {entry['seeds']} | " + " | ".join(cells) + " |")
     write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(json.dumps(spread))
 
 
 if __name__ == "__main__":

@@ -124,5 +124,6 @@ def test_aggregate_and_table():
     assert entry["ca_mean"] == pytest.approx(0.85) and entry["ca_std"] == pytest.approx(0.05)
     assert entry["asr_mean"] == pytest.approx(0.6) and entry["seeds"] == [0, 1]
     table = markdown_table([{**rows[0], "attack": "badnets", "defense": "p2p", "out_of_space": 0.0,
-                             "best_epoch": 2, "run_dir": "r", "ca_drop": 0.01, "asr_reduction_rel": 0.5}])
-    assert "| p2p | badnets | p2p | 0 | 80.0 | 50.0 | 50.0 | 0.0 | 1.0 | 50.0 | 2 | r |" in table
+                             "best_epoch": 2, "run_dir": "r", "ca_drop": 0.01, "asr_reduction_rel": 0.5,
+                             "asr_reduction_over_floor": 0.625, "triggered_accuracy": 0.4}])
+    assert "| p2p | badnets | p2p | 0 | 80.0 | 50.0 | 50.0 | 40.0 | 0.0 | 1.0 | 50.0 | 62.5 | 2 | r |" in table

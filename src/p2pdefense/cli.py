@@ -29,14 +29,16 @@ def print_table(rows: list[dict], title: str) -> None:
     quality = rows[0].get("quality_metric", "accuracy")
     generation = quality != "accuracy" or "prefix_compliance" in rows[0]
     last = "prefix %" if generation else "out-of-space %"
-    for column in ("setting", "CA %" if quality == "accuracy" else f"{quality} %", "ASR %", "ASR_strict %", last,
-                   "CA drop", "ASR red. (rel.)", "best epoch"):
+    for column in ("setting", "CA %" if quality == "accuracy" else f"{quality} %", "ASR %", "ASR_strict %",
+                   "triggered acc. %", last, "CA drop", "ASR red. (rel.)", "ASR red. over floor", "best epoch"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for r in rows:
         table.add_row(r["setting"], pct(r["ca"]), pct(r["asr"]), pct(r["asr_strict"]),
+                      pct(r.get("triggered_accuracy", r.get(f"triggered_{quality}"))),
                       pct(r.get("prefix_compliance") if generation else r["out_of_space"]),
                       "" if "ca_drop" not in r else f"{100 * r['ca_drop']:.1f} pts",
                       "" if r.get("asr_reduction_rel") is None else f"{pct(r['asr_reduction_rel'])} %",
+                      "" if r.get("asr_reduction_over_floor") is None else f"{pct(r['asr_reduction_over_floor'])} %",
                       str(r["best_epoch"]))
     console.print(table)
     for r in rows:
