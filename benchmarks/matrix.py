@@ -14,8 +14,8 @@ table plus mean and spread across seeds).
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import time
 from pathlib import Path
 
