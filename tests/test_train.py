@@ -138,3 +138,16 @@ def test_a_nan_loss_stops_training_and_names_the_kept_checkpoint(tmp_path, monke
         train(model, toy_features(), 0, TrainConfig(epochs=3, batch_size=8), 1e-2, seed=0,
               dev_score=toy_dev_score, checkpoint_dir=tmp_path)
     assert (tmp_path / "latest").read_text() == "epoch-1"
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights():
+    plain = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
+    checkpointed = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
+    config = TrainConfig(epochs=2, batch_size=8)
+    first = train(plain, toy_features(), 0, config, 1e-2, seed=0)
+    second = train(checkpointed, toy_features(), 0, config.model_copy(update={"gradient_checkpointing": True}),
+                   1e-2, seed=0)
+    assert checkpointed.is_gradient_checkpointing and not plain.is_gradient_checkpointing
+    assert [e["loss"] for e in second.epochs] == pytest.approx([e["loss"] for e in first.epochs], rel=1e-5)
+    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name

@@ -151,6 +151,17 @@ def finished_metrics(run_dir: Path, config: RunConfig) -> dict | None:
     return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}; lists and None as text (trackers take scalars)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
 def checkpoint_dir_of(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.checkpoints")
 
@@ -218,9 +229,9 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     benign_ids = {ex.meta.source_index for ex in train_rows if ex.meta.benign}
 
     load_dtype, mixed_precision = training_precision(config.model)
-    accelerator = make_accelerator(config.train, mixed_precision, project_dir=checkpoints)
-    if config.train.log_with:
-        accelerator.init_trackers(config.run_name, config=_comparable(config) | {"run": config.run_name})
+    accelerator = make_accelerator(config.train, mixed_precision, project_dir=final_dir.parent / "trackers")
+    if config.train.log_with:  # e.g. tensorboard: OUTPUT_DIR/trackers/RUN_NAME
+        accelerator.init_trackers(final_dir.name, config=_flat(_comparable(config)))
     if accelerator.is_main_process:
         write_text_atomic(checkpoints / "config.yaml", to_yaml(config))
     set_seed(config.seed)

@@ -136,3 +136,13 @@ def test_prediction_turns_dropout_off_and_restores_the_mode(local_model_dir):
     second = predict(model, task, rows, "clean", 4, "cpu")
     assert [p.scores for p in first] == [p.scores for p in second]
     assert model.training
+
+
+def test_full_fine_tuning_in_bf16_keeps_fp32_master_weights_and_lora_loads_a_bf16_base():
+    from p2pdefense.models import training_precision
+
+    assert training_precision(ModelConfig(preset="tiny", dtype="bfloat16")) == (torch.float32, "bf16")
+    assert training_precision(ModelConfig(preset="tiny", dtype="float16")) == (torch.float32, "fp16")
+    assert training_precision(ModelConfig(preset="tiny", dtype="float32")) == (torch.float32, "no")
+    lora = ModelConfig(preset=None, name_or_path="x", dtype="bfloat16", finetune="lora")
+    assert training_precision(lora) == (torch.bfloat16, "no")
