@@ -37,7 +37,7 @@ def main() -> None:
         "model.finetune=full", f"task.use_chat_template={args.model != 'tiny'}"])
     splits = load_splits(config)
     defense = build_defense(config.defense, 0)
-    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train[:500], config, defense), seed=0)
+    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train[:500], config), seed=0)
     model.eval()
     task = GenerationTask(config.task, tokenizer, defense, config.train.max_length)
     examples = splits.test

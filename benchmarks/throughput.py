@@ -99,7 +99,7 @@ def main() -> None:
     splits = load_splits(config)
     defense = build_defense(config.defense, config.task.num_labels)
     rows = defense.before_training(splits.train, random.Random(0))
-    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config, defense), seed=0)
+    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config), seed=0)
     task = ClassificationTask(config.task, tokenizer, defense, config.train.max_length)
     features = [task.encode_training(ex) for ex in rows]
     lr = 2e-4 if config.model.finetune_method == "lora" else 1e-3

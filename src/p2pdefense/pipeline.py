@@ -108,16 +108,33 @@ def load_splits(config: RunConfig) -> Splits:
     return Splits(train_rows, dev, test, notes)
 
 
-def tokenizer_corpus(clean_rows: list[Example], config: RunConfig, defense) -> list[str]:
-    """Texts the tiny preset's tokenizer is trained on: the clean training prompts (with their targets, for
-    generation), every cue + verbalizer string, and the defense's own strings; never poisoned text, so that the
-    clean, undefended and defended runs of a seed share one tokenizer."""
+def vocabulary_strings(config: RunConfig) -> list[str]:
+    """The strings a run adds to its data: every cue + verbalizer, and its defense's own strings."""
+    defense = build_defense(config.defense, getattr(config.task, "num_labels", 0))
     strings = defense.vocabulary_strings()
+    if not config.is_generation:
+        verbalizers = defense.output_verbalizers(config.task.verbalizers())
+        strings += [c + v for c in defense.cues(config.task.cue) for v in verbalizers]
+    return strings
+
+
+def shared_vocabulary(configs: list[RunConfig]) -> list[RunConfig]:
+    """The configurations with model.tiny.vocabulary set to the strings of all of them: their runs (a
+    --baselines group, a benchmark grid) then train one tiny tokenizer on the same clean data and seed."""
+    strings = sorted({s for c in configs for s in vocabulary_strings(c)})
+    return [c.model_copy(update={"model": c.model.model_copy(update={
+        "tiny": c.model.tiny.model_copy(update={"vocabulary": strings})})}) if c.model.preset == "tiny" else c
+            for c in configs]
+
+
+def tokenizer_corpus(clean_rows: list[Example], config: RunConfig) -> list[str]:
+    """Texts the tiny preset's tokenizer is trained on: the clean training prompts (with their targets, for
+    generation), then, sorted, this run's cue/verbalizer/defense strings and model.tiny.vocabulary. Never
+    poisoned text: runs with the same clean data and the same strings share one tokenizer."""
+    strings = sorted(set(vocabulary_strings(config)) | set(config.model.tiny.vocabulary))
     if config.is_generation:
         return [format_prompt(config.task.template, ex) + ex.target for ex in clean_rows] + strings
-    verbalizers = defense.output_verbalizers(config.task.verbalizers())
-    answers = [c + v for c in defense.cues(config.task.cue) for v in verbalizers]
-    return [format_prompt(config.task.template, ex) for ex in clean_rows] + answers + strings
+    return [format_prompt(config.task.template, ex) for ex in clean_rows] + strings
 
 
 def default_learning_rate(config: RunConfig) -> float:
@@ -190,14 +207,12 @@ def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resu
 
 
 def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
-        vocabulary_from: RunConfig | None = None, resume: bool = False) -> tuple[Path, dict]:
+        resume: bool = False) -> tuple[Path, dict]:
     """Run one configuration; returns the run directory and its metrics.
 
     overwrite: replace an existing run directory (and start again, discarding checkpoints);
     resume: continue from the checkpoints of an interrupted run of the same configuration; a finished run of it
-    is returned as it is;
-    vocabulary_from: the configuration whose defense strings the tiny preset's tokenizer includes (the defended
-    run of a --baselines group, so that all its runs share one tokenizer); default this one."""
+    is returned as it is."""
     started = time.perf_counter()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
     if resume and not overwrite and (done := finished_metrics(final_dir, config)) is not None:
@@ -235,9 +250,8 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     if accelerator.is_main_process:
         write_text_atomic(checkpoints / "config.yaml", to_yaml(config))
     set_seed(config.seed)
-    # the tokenizer (tiny preset) comes from the clean rows and the group's defended configuration
-    vocabulary = build_defense((vocabulary_from or config).defense, n)
-    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config, vocabulary), config.seed,
+    # the tiny preset's tokenizer: clean rows and the run's (or its group's) strings, never poisoned text
+    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config), config.seed,
                                        dtype=load_dtype, device=accelerator.device)
     mark = lap("load_model", mark)
     stealth = None
@@ -317,7 +331,8 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
 
 
 def reference_configs(config: RunConfig) -> dict[str, RunConfig]:
-    """The clean reference, the undefended attack and (if a defense is set) the defended run, same seed."""
+    """The clean reference, the undefended attack and (if a defense is set) the defended run, same seed; all
+    with one shared tokenizer vocabulary (tiny preset)."""
     configs = {}
     if config.attack.name != "none":
         clean_attack = config.attack.model_copy(update={"rate": 0.0})
@@ -325,7 +340,7 @@ def reference_configs(config: RunConfig) -> dict[str, RunConfig]:
     configs["undefended"] = config.model_copy(update={"defense": _no_defense()})
     if config.defense.name != "none":
         configs[config.defense.name] = config
-    return configs
+    return dict(zip(configs, shared_vocabulary(list(configs.values())), strict=True))
 
 
 def _no_defense():
@@ -347,7 +362,7 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool 
         else:
             log.info("== %s: attack=%s (rate %s), defense=%s", label, cfg.attack.name,
                      getattr(cfg.attack, "rate", 0), cfg.defense.name)
-            run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=run_dir, vocabulary_from=config, resume=resume)
+            run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=run_dir, resume=resume)
         rows.append({"setting": label, "run_dir": str(run_dir), **metrics})
     undefended = next(r for r in rows if r["setting"] == "undefended")
     clean = next((r for r in rows if r["setting"] == "clean"), None)

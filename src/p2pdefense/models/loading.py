@@ -25,6 +25,10 @@ class LoraSettings(BaseModel):
 class TinySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vocab_size: int = Field(2000, ge=300)
+    vocabulary: list[str] = Field(
+        default_factory=list, description="extra strings the tokenizer is trained on (beside the clean prompts "
+        "and the run's own cue, verbalizer and defense strings); --baselines and p2p bench set it to the strings "
+        "of every defense in the group, so that all its runs share one tokenizer")
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
