@@ -165,6 +165,69 @@ def predict(
     console.print(f"{len(rows)} predictions written to {target}")
 
 
+@app.command()
+def bench(
+    grid_path: Annotated[Path, typer.Argument(metavar="GRID.yaml", help="grid file: base config, axes, cells")],
+    out: Annotated[Path | None, typer.Option(help="bench directory (default: the grid's output_dir)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the cells and an estimate of their cost; run nothing")] = False,
+    only: Annotated[list[str] | None, typer.Option(help="run only cells with KEY=VALUE (repeatable)")] = None,
+    shard: Annotated[str | None, typer.Option(help="I/K: run a deterministic 1/K of the cells (job arrays)")] = None,
+    workers: Annotated[int, typer.Option(help="cells run at once (one GPU each where there are several)")] = 1,
+    rebuild_store: Annotated[bool, typer.Option(help="recreate results.jsonl from the run directories")] = False,
+) -> None:
+    """Run a grid of configurations; finished cells are skipped, interrupted ones resume from checkpoints."""
+    from .bench import estimate_seconds, expand, load_grid, run_cells, select
+    from .pipeline import finished_metrics
+    from .store import ResultsStore
+
+    try:
+        spec = load_grid(grid_path)
+        bench_dir = out or Path(spec.output_dir or Path("benchmarks") / "results" / spec.name)
+        cells = select(expand(spec, grid_path.parent, bench_dir), only or [], shard)
+    except ConfigError as err:
+        _fail(str(err))
+    store = ResultsStore(bench_dir, shard)
+    if rebuild_store:
+        console.print(f"{store.rebuild()} rows written to {bench_dir / 'results.jsonl'}")
+        return
+    if dry_run:
+        table = Table(title=f"{spec.name}: {len(cells)} cells in {bench_dir}")
+        for column in ("hash", "cell", "status", "estimate"):
+            table.add_column(column)
+        total = 0.0
+        for cell in cells:
+            done = finished_metrics(bench_dir / "runs" / cell.hash, cell.config) is not None
+            estimate = None if done else estimate_seconds(cell, store)
+            total += estimate or 0.0
+            table.add_row(cell.hash, cell.label, "done" if done else "to run",
+                          "" if estimate is None else f"{estimate:.0f} s")
+        console.print(table)
+        console.print(f"estimated time for the cells to run: {total / 60:.0f} min (from past runs of the same "
+                      "model in this store; cells without one are not counted)")
+        return
+    failed = run_cells(cells, bench_dir, workers, shard)
+    console.print(f"{len(cells) - len(failed)} of {len(cells)} cells finished; store: {store.path}")
+    if failed:
+        _fail(f"{len(failed)} cells failed: {', '.join(failed)} (see the log; rerun the same command)")
+
+
+@app.command()
+def report(
+    bench_dirs: Annotated[list[Path], typer.Argument(metavar="BENCH_DIR...", help="bench directories to merge")],
+    out: Annotated[Path | None, typer.Option(help="where to write (default: the first bench directory)")] = None,
+    title: Annotated[str | None, typer.Option(help="report title")] = None,
+) -> None:
+    """Tables (results.md, results.html) and PNG plots from results stores."""
+    from .bench_report import write_report
+
+    try:
+        written = write_report(bench_dirs, out, title)
+    except (OSError, ValueError) as err:
+        _fail(str(err))
+    for path in written:
+        console.print(f"wrote {path}")
+
+
 @app.command("show-config")
 def show_config(
     config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG.yaml]", help="config to resolve")] = None,

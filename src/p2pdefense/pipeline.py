@@ -118,13 +118,19 @@ def vocabulary_strings(config: RunConfig) -> list[str]:
     return strings
 
 
+def with_vocabulary(config: RunConfig, strings: list[str]) -> RunConfig:
+    """The configuration with model.tiny.vocabulary = strings (tiny preset only; others have no own tokenizer)."""
+    if config.model.preset != "tiny":
+        return config
+    tiny = config.model.tiny.model_copy(update={"vocabulary": list(strings)})
+    return config.model_copy(update={"model": config.model.model_copy(update={"tiny": tiny})})
+
+
 def shared_vocabulary(configs: list[RunConfig]) -> list[RunConfig]:
     """The configurations with model.tiny.vocabulary set to the strings of all of them: their runs (a
     --baselines group, a benchmark grid) then train one tiny tokenizer on the same clean data and seed."""
     strings = sorted({s for c in configs for s in vocabulary_strings(c)})
-    return [c.model_copy(update={"model": c.model.model_copy(update={
-        "tiny": c.model.tiny.model_copy(update={"vocabulary": strings})})}) if c.model.preset == "tiny" else c
-            for c in configs]
+    return [with_vocabulary(c, strings) for c in configs]
 
 
 def tokenizer_corpus(clean_rows: list[Example], config: RunConfig) -> list[str]:

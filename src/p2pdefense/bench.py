@@ -1,0 +1,271 @@
+"""`p2p bench GRID.yaml`: a grid of runs that resumes, with one results store.
+
+A grid file is a base run configuration plus axes (any config key with a list of values), optional named
+cells (their own overrides, e.g. a defense with its settings) and exclusions:
+
+    name: tiny-sst2
+    base: configs/sst2_badnets_p2p.yaml     # a run configuration file (relative to the grid file), or a mapping
+    set: {model.preset: tiny}               # overrides of the base
+    axes: {attack.name: [badnets, addsent], defense.name: [none, p2p], seed: [0, 1, 2]}
+    cells:                                  # optional: named variations, each crossed with the axes
+      - {name: clean-label, set: {attack.clean_label: true}}
+    exclude:                                # optional: drop the cells that match every key of an entry
+      - {attack.name: addsent, defense.name: none}
+    baselines: true                         # add each cell's clean reference and undefended run (default)
+
+Every cell is one run directory `runs/<hash>` named by a short hash of its resolved configuration, so cells
+that resolve to the same configuration (the clean reference and the undefended run shared by every defense
+of an attack and seed) run once. A second call skips finished cells and continues interrupted ones from
+their epoch checkpoints. Each finished run appends one row to `results.jsonl` (see store.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import ConfigError, RunConfig, apply_overrides, parse_override, to_yaml, validate_config
+from .pipeline import finished_metrics, reference_configs, vocabulary_strings, with_vocabulary
+from .store import ResultsStore
+
+log = logging.getLogger(__name__)
+
+
+class NamedCell(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class GridSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    base: str | dict[str, Any] = Field(default_factory=dict, description="run configuration file or mapping")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides of the base (dotted keys)")
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    cells: list[NamedCell] = Field(default_factory=list)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    baselines: bool = True
+    output_dir: str | None = Field(None, description="the bench directory; default benchmarks/results/<name>")
+
+
+def config_hash(config: RunConfig) -> str:
+    """A short hash of everything that determines a run (not where it is written)."""
+    dump = config.model_dump(mode="json", exclude={"output_dir", "name"})
+    return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _set(raw: dict, key: str, value: Any) -> None:
+    """Set a dotted key. Setting `SECTION.name` to another attack/defense/task keeps only the section's keys
+    that the new one accepts (an axis over defenses must not carry P2P's ratio into `none`)."""
+    path = key.split(".")
+    if len(path) == 2 and path[1] == "name" and path[0] in ("attack", "defense", "task"):
+        section = raw.get(path[0]) or {}
+        if section.get("name") != value:
+            from .attacks import ATTACKS
+            from .defenses import DEFENSES
+            from .tasks import TASK_CONFIGS
+
+            classes = {"attack": {k: v.config_class for k, v in ATTACKS.items()},
+                       "defense": {k: v.config_class for k, v in DEFENSES.items()}, "task": TASK_CONFIGS}[path[0]]
+            if value not in classes:
+                raise ConfigError(f"{key}: unknown {path[0]} {value!r} (one of {sorted(classes)})")
+            accepted = classes[value].model_fields
+            raw[path[0]] = {k: v for k, v in section.items() if k in accepted}
+        raw[path[0]]["name"] = value
+        return
+    apply_overrides(raw, [f"{key}={json.dumps(value)}"])
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _matches(config: RunConfig, selector: dict[str, Any]) -> bool:
+    flat = _flat(config.model_dump(mode="json"))
+    return all(flat.get(k) == v for k, v in selector.items())
+
+
+class Cell(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    hash: str
+    label: str
+    """What the cell is: `clean` / `undefended` references, or the named cell and axis values."""
+    config: RunConfig
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return GridSpec.model_validate(raw)
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the grid: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: invalid grid: {err}") from None
+
+
+def expand(spec: GridSpec, grid_dir: Path, bench_dir: Path) -> list[Cell]:
+    """Every cell of the grid (with its references), deduplicated by configuration hash, in a stable order."""
+    if isinstance(spec.base, str):
+        base_path = (grid_dir / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+        try:
+            base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{base_path}: cannot read the base configuration: {err}") from None
+    else:
+        base = json.loads(json.dumps(spec.base))
+    for key, value in spec.set.items():
+        _set(base, key, value)
+    named = spec.cells or [NamedCell(name="")]
+    keys = list(spec.axes)
+    configs: list[tuple[str, RunConfig]] = []
+    for cell in named:
+        for values in itertools.product(*(spec.axes[k] for k in keys)):
+            raw = json.loads(json.dumps(base))
+            for key, value in cell.set.items():
+                _set(raw, key, value)
+            for key, value in zip(keys, values, strict=True):
+                _set(raw, key, value)
+            label = ", ".join([cell.name] * bool(cell.name) + [f"{k}={v}" for k, v in zip(keys, values, strict=True)])
+            config = validate_config(raw, f"{spec.name}: cell {label or '(base)'}")
+            if any(_matches(config, selector) for selector in spec.exclude):
+                continue
+            configs.append((label, config))
+    # one tokenizer vocabulary for the whole grid (tiny preset): every run on the same data and seed shares it
+    strings = sorted({s for _, c in configs for s in vocabulary_strings(c)})
+    cells: dict[str, Cell] = {}
+    for label, config in configs:
+        group = reference_configs(config) if spec.baselines else {config.defense.name: config}
+        for role, member in group.items():
+            member = with_vocabulary(member, strings).model_copy(update={"output_dir": str(bench_dir / "runs")})
+            digest = config_hash(member)
+            member = member.model_copy(update={"name": digest})
+            name = role if role in ("clean", "undefended") else label
+            cells.setdefault(digest, Cell(hash=digest, label=name, config=member))
+    return list(cells.values())
+
+
+def select(cells: list[Cell], only: Iterable[str] = (), shard: str | None = None) -> list[Cell]:
+    """--only KEY=VALUE (every one must hold) and --shard I/K (a deterministic 1/K of the cells by hash)."""
+    for condition in only:
+        path, value = parse_override(condition)
+        cells = [c for c in cells if _matches(c.config, {".".join(path): value})]
+    if shard:
+        try:
+            index, count = (int(x) for x in shard.split("/"))
+            if not 0 <= index < count:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--shard {shard!r}: expected I/K with 0 <= I < K, e.g. 0/4") from None
+        cells = [c for c in cells if int(c.hash, 16) % count == index]
+    return cells
+
+
+def estimate_seconds(cell: Cell, store: ResultsStore) -> float | None:
+    """Mean wall time of finished runs of the same model (preset or path) in the store."""
+    model = cell.config.model.preset or cell.config.model.name_or_path
+    times = [r["metrics"].get("wall_seconds") for r in store.rows()
+             if (r["config"]["model"].get("preset") or r["config"]["model"].get("name_or_path")) == model]
+    times = [t for t in times if t]
+    return sum(times) / len(times) if times else None
+
+
+def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1) -> list[str]:
+    """Run every unfinished cell (continuing from checkpoints); returns the hashes that failed."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    store = ResultsStore(bench_dir)
+    todo = [c for c in cells if finished_metrics(bench_dir / "runs" / c.hash, c.config) is None]
+    for c in cells:  # finished runs whose row was lost: back into the store
+        if c not in todo:
+            store.ensure(bench_dir / "runs" / c.hash)
+    failed: list[str] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("left"), TimeRemainingColumn())
+    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
+        bar = progress.add_task(f"grid ({len(cells) - len(todo)} of {len(cells)} cells done before)",
+                                total=len(todo))
+        if workers <= 1:
+            for cell in todo:
+                progress.update(bar, description=f"running {cell.label} [{cell.hash}]")
+                if not _run_in_process(cell, bench_dir, store):
+                    failed.append(cell.hash)
+                progress.advance(bar)
+        else:
+            failed = _run_in_workers(todo, bench_dir, store, workers, progress, bar)
+    return failed
+
+
+def _run_in_process(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
+    from .pipeline import run
+
+    try:
+        run_dir, _ = run(cell.config, run_dir=bench_dir / "runs" / cell.hash, resume=True)
+    except Exception as err:  # one failed cell must not stop the grid; it is reported and can be rerun
+        log.error("cell %s [%s] failed: %s", cell.label, cell.hash, err)
+        return False
+    store.ensure(run_dir)
+    return True
+
+
+def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, workers: int, progress,
+                    bar) -> list[str]:
+    """N cells at once, each a `p2p run` process; with GPUs, worker i sees device i % (number of GPUs)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    pending, running, failed = list(cells), {}, []
+    configs = bench_dir / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        while pending and len(running) < workers:
+            cell = pending.pop(0)
+            slot = next(i for i in range(workers) if i not in {s for s, _ in running.values()})
+            path = configs / f"{cell.hash}.yaml"
+            path.write_text(to_yaml(cell.config), encoding="utf-8")
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            process = subprocess.Popen([sys.executable, "-m", "p2pdefense", "-q", "run", str(path), "--resume"],
+                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            running[cell.hash] = (slot, process)
+            log.info("started %s [%s] on worker %d", cell.label, cell.hash, slot)
+        time.sleep(0.5)
+        for digest, (_slot, process) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[digest]
+            if process.returncode == 0:
+                store.ensure(bench_dir / "runs" / digest)
+            else:
+                log.error("cell [%s] failed: %s", digest, (process.stderr.read() or "")[-2000:])
+                failed.append(digest)
+            progress.advance(bar)
+    return failed

@@ -1,0 +1,78 @@
+"""One results store per bench directory: `results.jsonl`, one row per finished run.
+
+JSONL rather than SQLite: rows are appended by one writer per process (the bench loop), a killed bench loses
+at most the line being written (a torn last line is skipped on read), shards on other machines write their
+own `results.shard-I-of-K.jsonl` and merging is concatenation (rows are keyed by the run's configuration hash),
+and the committed stores diff line by line in git. The store is derived data: `rebuild` recreates it from the
+run directories (`runs/<hash>/config.yaml`, `metrics.json`, `train_log.jsonl`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def row_from_run(run_dir: Path) -> dict | None:
+    """The store row of a finished run directory (None when it is not finished)."""
+    from .bench import config_hash
+    from .config import load_config
+
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        return None
+    config = load_config(run_dir / "config.yaml")
+    log_path = run_dir / "train_log.jsonl"
+    return {"hash": config_hash(config), "run_dir": run_dir.name,
+            "config": config.model_dump(mode="json", exclude={"output_dir", "name"}),
+            "metrics": json.loads(metrics_path.read_text(encoding="utf-8")),
+            "train_log": [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
+            if log_path.exists() else []}
+
+
+class ResultsStore:
+    def __init__(self, bench_dir: Path, shard: str | None = None):
+        self.bench_dir = Path(bench_dir)
+        suffix = "" if not shard else ".shard-" + shard.replace("/", "-of-")
+        self.path = self.bench_dir / f"results{suffix}.jsonl"
+
+    def files(self) -> list[Path]:
+        return sorted(self.bench_dir.glob("results*.jsonl"))
+
+    def rows(self) -> list[dict]:
+        """Every row of every store file in the directory (shards merged), one per configuration hash."""
+        rows: dict[str, dict] = {}
+        for path in self.files():
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("%s, line %d: not a complete row (a write cut short?); skipped", path, number)
+                    continue
+                rows[row["hash"]] = row
+        return list(rows.values())
+
+    def append(self, row: dict) -> None:
+        self.bench_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def ensure(self, run_dir: Path) -> None:
+        """Add the row of a finished run unless the store has it."""
+        row = row_from_run(run_dir)
+        if row is not None and row["hash"] not in {r["hash"] for r in self.rows()}:
+            self.append(row)
+
+    def rebuild(self) -> int:
+        """Recreate results.jsonl from the run directories; returns the number of rows."""
+        rows = [r for r in (row_from_run(d) for d in sorted((self.bench_dir / "runs").glob("*"))) if r is not None]
+        from .io import write_jsonl_atomic
+
+        write_jsonl_atomic(self.bench_dir / "results.jsonl", rows)
+        return len(rows)

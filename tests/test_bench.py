@@ -1,0 +1,133 @@
+"""`p2p bench` grids and `p2p report` tables/plots (issue: grids that resume, one results store)."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from p2pdefense.bench import GridSpec, _set, expand, select
+from p2pdefense.bench_report import Report, write_report
+from p2pdefense.cli import app
+from p2pdefense.store import ResultsStore
+
+runner = CliRunner()
+BASE = {"data": {"synthetic": {"train_rows": 80, "test_rows": 20}},
+        "attack": {"name": "badnets", "rate": 0.1, "triggers": ["mn"]},
+        "defense": {"name": "p2p", "ratio": 0.3},
+        "model": {"preset": "tiny", "tiny": {"vocab_size": 300, "hidden_size": 16, "num_layers": 1, "num_heads": 2}},
+        "train": {"epochs": 1, "batch_size": 16}, "stealth_report": False}
+
+
+def grid(**extra) -> GridSpec:
+    return GridSpec(name="t", base=BASE, **extra)
+
+
+def test_switching_a_section_name_keeps_only_the_keys_the_new_one_accepts():
+    raw = json.loads(json.dumps(BASE))
+    _set(raw, "defense.name", "none")
+    assert raw["defense"] == {"name": "none"}
+    _set(raw, "attack.name", "addsent")
+    assert raw["attack"] == {"name": "addsent", "rate": 0.1}  # triggers belong to badnets
+    _set(raw, "attack.rate", 0.2)
+    assert raw["attack"]["rate"] == 0.2
+
+
+def test_cells_share_their_references_and_exclusions_apply(tmp_path):
+    spec = grid(axes={"defense.ratio": [0.1, 0.3], "seed": [0, 1]})
+    cells = expand(spec, tmp_path, tmp_path / "bench")
+    labels = sorted(c.label for c in cells)
+    # 2 ratios x 2 seeds defended, plus per seed one clean and one undefended run shared by both ratios
+    assert len(cells) == 8 and labels.count("clean") == 2 and labels.count("undefended") == 2
+    assert len({c.hash for c in cells}) == 8
+    vocabularies = {tuple(c.config.model.tiny.vocabulary) for c in cells}
+    assert len(vocabularies) == 1 and "Answer: 2" in next(iter(vocabularies))  # one tokenizer for the grid
+    excluded = expand(grid(axes={"defense.ratio": [0.1, 0.3], "seed": [0, 1]}, exclude=[{"defense.ratio": 0.1}]),
+                      tmp_path, tmp_path / "bench")
+    assert len(excluded) == 6
+
+
+def test_shards_partition_the_cells_and_only_selects_a_slice(tmp_path):
+    cells = expand(grid(axes={"attack.name": ["badnets", "addsent"], "seed": [0, 1, 2]}), tmp_path, tmp_path)
+    shards = [select(cells, shard=f"{i}/3") for i in range(3)]
+    assert sorted(c.hash for s in shards for c in s) == sorted(c.hash for c in cells)
+    assert all(c.config.attack.name == "addsent" for c in select(cells, ["attack.name=addsent"]))
+    assert len(select(cells, ["attack.name=addsent", "seed=1"])) == 3  # clean, undefended, p2p
+
+
+def row(seed, defense, attack_rate, ca, asr, wall, tacc=None, log=()):
+    config = json.loads(json.dumps(BASE))
+    config["seed"] = seed
+    config["attack"]["rate"] = attack_rate
+    config["defense"] = {"name": defense, **({"ratio": 0.3} if defense == "p2p" else {})}
+    digest = f"{seed}-{defense}-{attack_rate}"
+    return {"hash": digest, "run_dir": digest, "config": config, "train_log": list(log),
+            "metrics": {"ca": ca, "asr": asr, "wall_seconds": wall, "triggered_accuracy": tacc,
+                        "num_benign": 10 if defense == "p2p" else 0, "num_poisoned_in_benign_subset": seed}}
+
+
+def hand_made_store(directory):
+    store = ResultsStore(directory)
+    for r in [row(0, "none", 0.0, 0.80, 0.20, 10), row(1, "none", 0.0, 0.90, 0.10, 10),
+              row(0, "none", 0.1, 0.80, 1.00, 10), row(1, "none", 0.1, 0.80, 0.90, 12),
+              row(0, "p2p", 0.1, 0.70, 0.60, 20, 0.5, [{"epoch": 1, "loss": 1.0, "dev_score": 0.5}]),
+              row(1, "p2p", 0.1, 0.70, 0.50, 24, 0.7, [{"epoch": 1, "loss": 0.8, "dev_score": 0.7}])]:
+        store.append(r)
+    return store
+
+
+def test_report_tables_come_from_the_store(tmp_path):
+    report = Report(hand_made_store(tmp_path).rows())
+    table = {e["role"]: e for e in report.table()}
+    defended = table["defended"]
+    assert defended["seeds"] == [0, 1] and defended["floor"] == [0.20, 0.10]
+    assert defended["ca_drop"] == pytest.approx([0.10, 0.10])
+    # per seed: (1.0 - 0.6) / (1.0 - 0.2) = 0.5 and (0.9 - 0.5) / (0.9 - 0.1) = 0.5
+    assert defended["asr_reduction_over_floor"] == pytest.approx([0.5, 0.5])
+    assert defended["cost_ratio"] == pytest.approx([2.0, 2.0])
+    written = write_report([tmp_path])
+    text = (tmp_path / "results.md").read_text()
+    # sample sd over seeds; the floor is the clean reference's ASR, seed by seed
+    assert ("| defended, attack.rate=0.1, defense.name=p2p, defense.ratio=0.3 | 2 | 70.0 ± 0.0 | 55.0 ± 7.1 | "
+            "15.0 ± 7.1 | 60.0 ± 14.1 | 10.0 ± 0.0 | 50.0 ± 0.0 | 2.00 |") in text
+    assert "| clean, attack.rate=0.0 | 2 | 85.0 ± 7.1 | 15.0 ± 7.1 | n/a |" in text
+    assert "| undefended, attack.rate=0.1 | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 |" in text
+    names = {p.name for p in written}
+    assert {"results.md", "results.html", "heatmap-asr.png", "training-curves.png", "vs-attack-rate.png",
+            "vs-poisoned-rows-in-the-defensive-subset.png"} <= names
+    for path in written:
+        assert path.stat().st_size > 500
+    assert (tmp_path / "results.html").read_text().count("data:image/png;base64,") == len(written) - 2
+
+
+def test_a_torn_last_line_is_skipped(tmp_path):
+    store = hand_made_store(tmp_path)
+    with open(store.path, "a", encoding="utf-8") as handle:
+        handle.write('{"hash": "cut sho')
+    assert len(store.rows()) == 6
+
+
+def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"name": "e2e", "base": BASE, "axes": {"seed": [0, 1]},
+                                         "output_dir": str(tmp_path / "bench")}), encoding="utf-8")
+    dry = runner.invoke(app, ["bench", str(grid_path), "--dry-run"])
+    assert dry.exit_code == 0 and "6 cells" in dry.output and dry.output.count("to run") == 6
+    first = runner.invoke(app, ["bench", str(grid_path)])
+    assert first.exit_code == 0, first.output
+    store = ResultsStore(tmp_path / "bench")
+    assert len(store.rows()) == 6 and len(list((tmp_path / "bench" / "runs").iterdir())) == 6
+
+    from p2pdefense import pipeline
+
+    ran = []
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: ran.append(1))
+    again = runner.invoke(app, ["bench", str(grid_path)])
+    assert again.exit_code == 0 and ran == []  # every cell finished: nothing runs again
+    assert "6 of 6" in again.output
+    store.path.unlink()
+    rebuilt = runner.invoke(app, ["bench", str(grid_path), "--rebuild-store"])
+    assert rebuilt.exit_code == 0 and len(store.rows()) == 6
+    reported = runner.invoke(app, ["report", str(tmp_path / "bench")])
+    assert reported.exit_code == 0, reported.output
+    assert (tmp_path / "bench" / "results.md").exists() and (tmp_path / "bench" / "heatmap-asr.png").exists()
