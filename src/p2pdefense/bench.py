@@ -70,21 +70,24 @@ def config_hash(config: RunConfig) -> str:
 
 def _set(raw: dict, key: str, value: Any) -> None:
     """Set a dotted key. Setting `SECTION.name` to another attack/defense/task keeps only the section's keys
-    that the new one accepts (an axis over defenses must not carry P2P's ratio into `none`)."""
+    that every attack (defense, task) has and the new one accepts: an axis over defenses must not carry P2P's
+    ratio into `none`, nor one over attacks BadNets' triggers into CTBA (set them in the cell)."""
     path = key.split(".")
     if len(path) == 2 and path[1] == "name" and path[0] in ("attack", "defense", "task"):
         section = raw.get(path[0]) or {}
         if section.get("name") != value:
-            from .attacks import ATTACKS
+            from .attacks import ATTACKS, AttackConfig
             from .defenses import DEFENSES
+            from .defenses.base import DefenseConfig
             from .tasks import TASK_CONFIGS
 
             classes = {"attack": {k: v.config_class for k, v in ATTACKS.items()},
                        "defense": {k: v.config_class for k, v in DEFENSES.items()}, "task": TASK_CONFIGS}[path[0]]
             if value not in classes:
                 raise ConfigError(f"{key}: unknown {path[0]} {value!r} (one of {sorted(classes)})")
-            accepted = classes[value].model_fields
-            raw[path[0]] = {k: v for k, v in section.items() if k in accepted}
+            common = {"attack": set(AttackConfig.model_fields), "defense": set(DefenseConfig.model_fields),
+                      "task": set.intersection(*(set(c.model_fields) for c in TASK_CONFIGS.values()))}[path[0]]
+            raw[path[0]] = {k: v for k, v in section.items() if k in classes[value].model_fields and k in common}
         raw[path[0]]["name"] = value
         return
     apply_overrides(raw, [f"{key}={json.dumps(value)}"])
