@@ -193,7 +193,7 @@ def estimate_seconds(cell: Cell, store: ResultsStore) -> float | None:
     return sum(times) / len(times) if times else None
 
 
-def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1) -> list[str]:
+def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str | None = None) -> list[str]:
     """Run every unfinished cell (continuing from checkpoints); returns the hashes that failed."""
     from rich.progress import (
         BarColumn,
@@ -204,7 +204,7 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1) -> list[str]
         TimeRemainingColumn,
     )
 
-    store = ResultsStore(bench_dir)
+    store = ResultsStore(bench_dir, shard)
     todo = [c for c in cells if finished_metrics(bench_dir / "runs" / c.hash, c.config) is None]
     for c in cells:  # finished runs whose row was lost: back into the store
         if c not in todo:
@@ -216,8 +216,13 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1) -> list[str]
         bar = progress.add_task(f"grid ({len(cells) - len(todo)} of {len(cells)} cells done before)",
                                 total=len(todo))
         if workers <= 1:
-            for cell in todo:
+            started = time.monotonic()
+            for done, cell in enumerate(todo):
                 progress.update(bar, description=f"running {cell.label} [{cell.hash}]")
+                elapsed = time.monotonic() - started
+                left = "" if not done else f", about {elapsed / done * (len(todo) - done) / 60:.0f} min left"
+                log.info("cell %d of %d to run: %s [%s] (%.0f min elapsed%s)", done + 1, len(todo), cell.label,
+                         cell.hash, elapsed / 60, left)
                 if not _run_in_process(cell, bench_dir, store):
                     failed.append(cell.hash)
                 progress.advance(bar)

@@ -202,7 +202,7 @@ def bench(
             table.add_row(cell.hash, cell.label, "done" if done else "to run",
                           "" if estimate is None else f"{estimate:.0f} s")
         console.print(table)
-        console.print(f"estimated time for the cells to run: {total / 60:.0f} min (from past runs of the same "
+        console.print(f"estimated time for the remaining cells: {total / 60:.0f} min (from past runs of the same "
                       "model in this store; cells without one are not counted)")
         return
     failed = run_cells(cells, bench_dir, workers, shard)

@@ -37,7 +37,7 @@ METRICS = ("ca", "asr", "asr_strict", "triggered_accuracy")
 
 
 def aggregate(rows: list[dict], keys: tuple[str, ...] = METRICS) -> list[dict]:
-    """Group rows by setting; mean and population standard deviation of each metric over seeds."""
+    """Group rows by setting; mean and sample standard deviation (n - 1) of each metric over seeds (0 for one)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         groups[row["setting"]].append(row)
@@ -47,6 +47,6 @@ def aggregate(rows: list[dict], keys: tuple[str, ...] = METRICS) -> list[dict]:
         for key in keys:
             values = [m[key] for m in members if m.get(key) is not None]
             entry[f"{key}_mean"] = statistics.fmean(values) if values else None
-            entry[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0 if values else None
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
         out.append(entry)
     return out
