@@ -88,7 +88,7 @@ def test_report_tables_come_from_the_store(tmp_path):
     written = write_report([tmp_path])
     text = (tmp_path / "results.md").read_text()
     # sample sd over seeds; the floor is the clean reference's ASR, seed by seed
-    assert ("| defended, attack.rate=0.1, defense.name=p2p, defense.ratio=0.3 | 2 | 70.0 ± 0.0 | 55.0 ± 7.1 | "
+    assert ("| defended, attack.rate=0.1, defense.name=p2p | 2 | 70.0 ± 0.0 | 55.0 ± 7.1 | "
             "15.0 ± 7.1 | 60.0 ± 14.1 | 10.0 ± 0.0 | 50.0 ± 0.0 | 2.00 |") in text
     assert "| clean, attack.rate=0.0 | 2 | 85.0 ± 7.1 | 15.0 ± 7.1 | n/a |" in text
     assert "| undefended, attack.rate=0.1 | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 |" in text

@@ -68,8 +68,9 @@ class Report:
         self.rows = rows
         flats = [_flat(r["config"]) for r in rows]
         keys = sorted({k for f in flats for k in f})
-        self.varying = [k for k in keys if k not in IGNORED_KEYS and len({json.dumps(f.get(k), default=str)
-                                                                           for f in flats}) > 1]
+        # a key varies when the rows that have it disagree (P2P's keys are absent, not different, under `none`)
+        self.varying = [k for k in keys if k not in IGNORED_KEYS and len({json.dumps(f[k], default=str)
+                                                                           for f in flats if k in f}) > 1]
         # matches: the same configuration without the defense (-> undefended) and without poison (-> clean)
         self.undefended = {_key(r["config"], ("defense",)): r for r in rows if role(r["config"]) == "undefended"}
         self.clean = {_key(r["config"], ("defense", "attack.rate")): r for r in rows

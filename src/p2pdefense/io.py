@@ -15,9 +15,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; the file should read like any other the user writes
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
