@@ -131,3 +131,14 @@ def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
     reported = runner.invoke(app, ["report", str(tmp_path / "bench")])
     assert reported.exit_code == 0, reported.output
     assert (tmp_path / "bench" / "results.md").exists() and (tmp_path / "bench" / "heatmap-asr.png").exists()
+
+
+def test_workers_run_cells_in_parallel_processes(tmp_path):
+    grid_path = tmp_path / "g.yaml"
+    spec = {"name": "w", "base": BASE, "axes": {"seed": [3]}, "output_dir": str(tmp_path / "bench")}
+    grid_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    result = runner.invoke(app, ["bench", str(grid_path), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    rows = ResultsStore(tmp_path / "bench").rows()
+    assert len(rows) == 3 and {r["metrics"]["seed"] for r in rows} == {3}
+    assert len(list((tmp_path / "bench" / "logs").glob("*.log"))) == 3

@@ -250,8 +250,9 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
 
     gpus = torch.cuda.device_count()
     pending, running, failed = list(cells), {}, []
-    configs = bench_dir / "configs"
+    configs, logs = bench_dir / "configs", bench_dir / "logs"
     configs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     while pending or running:
         while pending and len(running) < workers:
             cell = pending.pop(0)
@@ -261,8 +262,9 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-            process = subprocess.Popen([sys.executable, "-m", "p2pdefense", "-q", "run", str(path), "--resume"],
-                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            with open(logs / f"{cell.hash}.log", "w", encoding="utf-8") as log_file:  # a file, not a pipe: never blocks
+                process = subprocess.Popen([sys.executable, "-m", "p2pdefense", "run", str(path), "--resume"],
+                                           env=env, stdout=log_file, stderr=subprocess.STDOUT)
             running[cell.hash] = (slot, process)
             log.info("started %s [%s] on worker %d", cell.label, cell.hash, slot)
         time.sleep(0.5)
@@ -273,7 +275,8 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
             if process.returncode == 0:
                 store.ensure(bench_dir / "runs" / digest)
             else:
-                log.error("cell [%s] failed: %s", digest, (process.stderr.read() or "")[-2000:])
+                tail = (logs / f"{digest}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
+                log.error("cell [%s] failed (log: %s):\n%s", digest, logs / f"{digest}.log", tail)
                 failed.append(digest)
             progress.advance(bar)
     return failed

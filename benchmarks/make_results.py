@@ -1,0 +1,47 @@
+"""Regenerate benchmarks/RESULTS.md from the committed results stores (benchmarks/results/*/results*.jsonl).
+
+    python benchmarks/make_results.py
+
+For each store: `p2p report` writes its results.md, results.html and plots; RESULTS.md is benchmarks/notes.md
+(the reading of the numbers, written by hand, each number quoted from a table below it) followed by every
+store's tables, so that each number traces to a run configuration in a store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2pdefense.bench_report import write_report
+from p2pdefense.io import write_text_atomic
+
+ROOT = Path(__file__).resolve().parent
+# store directory -> (title, the command that produced it)
+STORES = {
+    "tiny-full": ("SST-2, BadNets \"mn\" 5%, tiny model, full train split, 4 epochs, 3 seeds",
+                  "python benchmarks/matrix.py --setting tiny-full --seeds 0 1 2"),
+    "tiny-sst2": ("SST-2, four attacks x P2P, tiny model, 4 epochs, 3 seeds",
+                  "p2p bench benchmarks/grids/tiny-sst2.yaml"),
+    "attack-suite": ("Every attack against P2P, tiny model, 3 epochs, seed 0",
+                     "p2p bench benchmarks/grids/attack-suite.yaml"),
+    "smollm2-strong2": ("SST-2, SmolLM2-135M + LoRA all-linear, 1,500 rows, 20% BadNets \"mn\", lr 1e-3",
+                        "p2p bench benchmarks/grids/smollm2-strong2.yaml --only seed=0"),
+}
+
+
+def main() -> None:
+    parts = [(ROOT / "notes.md").read_text(encoding="utf-8").rstrip() + "\n"]
+    for name, (title, command) in STORES.items():
+        directory = ROOT / "results" / name
+        if not any(directory.glob("results*.jsonl")):
+            continue
+        write_report([directory], title=title)
+        table = (directory / "results.md").read_text(encoding="utf-8").split("\n", 2)[2]
+        table = table.replace("](", f"](results/{name}/")  # plots are linked from this file's folder
+        parts.append(f"## {title}\n\n`{command}`; store `results/{name}/results.jsonl`, page "
+                     f"`results/{name}/results.html`.\n\n{table}")
+    write_text_atomic(ROOT / "RESULTS.md", "\n".join(parts))
+    print(f"wrote {ROOT / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
