@@ -38,7 +38,8 @@ def test_cells_share_their_references_and_exclusions_apply(tmp_path):
     cells = expand(spec, tmp_path, tmp_path / "bench")
     labels = sorted(c.label for c in cells)
     # 2 ratios x 2 seeds defended, plus per seed one clean and one undefended run shared by both ratios
-    assert len(cells) == 8 and labels.count("clean") == 2 and labels.count("undefended") == 2
+    assert len(cells) == 8
+    assert sum("(clean)" in x for x in labels) == 2 and sum("(undefended)" in x for x in labels) == 2
     assert len({c.hash for c in cells}) == 8
     vocabularies = {tuple(c.config.model.tiny.vocabulary) for c in cells}
     assert len(vocabularies) == 1 and "Answer: 2" in next(iter(vocabularies))  # one tokenizer for the grid
@@ -128,9 +129,12 @@ def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
     store.path.unlink()
     rebuilt = runner.invoke(app, ["bench", str(grid_path), "--rebuild-store"])
     assert rebuilt.exit_code == 0 and len(store.rows()) == 6
+    assert sorted(r["cell"] for r in store.rows())[:2] == ["seed=0", "seed=0 (clean)"]  # labels survive
     reported = runner.invoke(app, ["report", str(tmp_path / "bench")])
     assert reported.exit_code == 0, reported.output
     assert (tmp_path / "bench" / "results.md").exists() and (tmp_path / "bench" / "heatmap-asr.png").exists()
+    table = (tmp_path / "bench" / "results.md").read_text()
+    assert "| base (clean) | 2 |" in table and "| base (undefended) | 2 |" in table and "| base: p2p | 2 |" in table
 
 
 def test_workers_run_cells_in_parallel_processes(tmp_path):

@@ -163,7 +163,7 @@ def expand(spec: GridSpec, grid_dir: Path, bench_dir: Path) -> list[Cell]:
             member = with_vocabulary(member, strings).model_copy(update={"output_dir": str(bench_dir / "runs")})
             digest = config_hash(member)
             member = member.model_copy(update={"name": digest})
-            name = role if role in ("clean", "undefended") else label
+            name = f"{label or 'base'} ({role})" if role in ("clean", "undefended") else label or "base"
             cells.setdefault(digest, Cell(hash=digest, label=name, config=member))
     return list(cells.values())
 
@@ -205,6 +205,7 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
     )
 
     store = ResultsStore(bench_dir, shard)
+    store.record_labels({c.hash: c.label for c in cells})
     todo = [c for c in cells if finished_metrics(bench_dir / "runs" / c.hash, c.config) is None]
     for c in cells:  # finished runs whose row was lost: back into the store
         if c not in todo:

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import html
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -80,10 +81,16 @@ class Report:
             self.settings[_key(r["config"], ("seed",))].append(r)
 
     def label(self, row: dict) -> str:
+        """The grid cell's name without its seed (bench rows), else the varying keys that the row has."""
+        if row.get("cell"):
+            cell = re.sub(r"(^|, )seed=[^,() ]+", "", row["cell"]).strip(" ,")
+            cell = "base" if not cell else f"base {cell}" if cell.startswith("(") else cell
+            return f"{cell}: {row['config']['defense']['name']}" if role(row["config"]) == "defended" else cell
         flat = _flat(row["config"])
-        parts = [f"{k}={flat.get(k)}" for k in self.varying
-                 if not k.startswith("defense.") or role(row["config"]) == "defended"]
-        return ", ".join([role(row["config"])] + parts) if parts else role(row["config"])
+        parts = [f"{k}={flat[k]}" for k in self.varying if k in flat
+                 and (not k.startswith("defense.") or role(row["config"]) == "defended")]
+        text = ", ".join([role(row["config"])] + parts)
+        return text.replace("\n", "\\n").replace("|", "\\|")
 
     def references(self, row: dict) -> tuple[dict | None, dict | None]:
         config = row["config"]

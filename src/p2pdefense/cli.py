@@ -188,6 +188,7 @@ def bench(
         _fail(str(err))
     store = ResultsStore(bench_dir, shard)
     if rebuild_store:
+        store.record_labels({c.hash: c.label for c in cells})
         console.print(f"{store.rebuild()} rows written to {bench_dir / 'results.jsonl'}")
         return
     if dry_run:

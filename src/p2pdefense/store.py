@@ -17,8 +17,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def row_from_run(run_dir: Path) -> dict | None:
-    """The store row of a finished run directory (None when it is not finished)."""
+def row_from_run(run_dir: Path, label: str | None = None) -> dict | None:
+    """The store row of a finished run directory (None when it is not finished); `label`: the grid cell."""
     from .bench import config_hash
     from .config import load_config
 
@@ -27,7 +27,7 @@ def row_from_run(run_dir: Path) -> dict | None:
         return None
     config = load_config(run_dir / "config.yaml")
     log_path = run_dir / "train_log.jsonl"
-    return {"hash": config_hash(config), "run_dir": run_dir.name,
+    return {"hash": config_hash(config), "cell": label, "run_dir": run_dir.name,
             "config": config.model_dump(mode="json", exclude={"output_dir", "name"}),
             "metrics": json.loads(metrics_path.read_text(encoding="utf-8")),
             "train_log": [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
@@ -63,15 +63,29 @@ class ResultsStore:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def record_labels(self, labels: dict[str, str]) -> None:
+        """Remember each cell's label by hash (cells.json), so that a rebuilt store keeps them."""
+        from .io import write_json_atomic
+
+        path = self.bench_dir / "cells.json"
+        known = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        write_json_atomic(path, {**known, **labels})
+
+    def labels(self) -> dict[str, str]:
+        path = self.bench_dir / "cells.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
     def ensure(self, run_dir: Path) -> None:
         """Add the row of a finished run unless the store has it."""
-        row = row_from_run(run_dir)
+        row = row_from_run(run_dir, self.labels().get(run_dir.name))
         if row is not None and row["hash"] not in {r["hash"] for r in self.rows()}:
             self.append(row)
 
     def rebuild(self) -> int:
         """Recreate results.jsonl from the run directories; returns the number of rows."""
-        rows = [r for r in (row_from_run(d) for d in sorted((self.bench_dir / "runs").glob("*"))) if r is not None]
+        labels = self.labels()
+        rows = [r for r in (row_from_run(d, labels.get(d.name)) for d in sorted((self.bench_dir / "runs").glob("*")))
+                if r is not None]
         from .io import write_jsonl_atomic
 
         write_jsonl_atomic(self.bench_dir / "results.jsonl", rows)
