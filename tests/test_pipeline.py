@@ -158,7 +158,7 @@ def test_stale_staging_of_dead_processes_is_removed_and_overwrite_replaces_the_o
     provenance = second["provenance"]
     assert provenance["libraries"]["torch"].startswith("2.13.0") and provenance["device"] == "cpu"
     assert provenance["dtype"] == "float32" and provenance["version"] == "0.1.0"
-    assert {"load_data", "attack", "defend", "load_model", "train", "evaluate", "write"} <= set(
+    assert {"load_and_poison", "defend", "load_model", "train", "evaluate", "write"} <= set(
         second["stage_seconds"])
 
 

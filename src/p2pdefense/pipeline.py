@@ -21,10 +21,12 @@ from . import report
 from .attacks import build_attack
 from .config import RunConfig, to_yaml
 from .data import Example, LoadResult, load_examples, synthetic_math, synthetic_sentiment, synthetic_summaries
+from .datacache import PreparedData, prepared_data
 from .defenses import build_defense
 from .evaluate import accuracy, classification_metrics, compare, generation_metrics, predict, predict_generation
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import ModelConfig, load_base_model, save_trained, training_precision
+from .models.smollm2 import cache_root
 from .provenance import provenance
 from .stealth import stealth_report
 from .tasks import ClassificationTask, GenerationTask
@@ -143,6 +145,16 @@ def tokenizer_corpus(clean_rows: list[Example], config: RunConfig) -> list[str]:
     return [format_prompt(config.task.template, ex) for ex in clean_rows] + strings
 
 
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Load and split the data, poison the training rows, trigger the test rows (seeded per stage)."""
+    splits = load_splits(config)
+    attack = build_attack(config.attack, getattr(config.task, "num_labels", 0))
+    poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
+    triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
+    return PreparedData(splits.train, splits.dev, splits.test, poisoned, triggered_test, splits.notes,
+                        list(getattr(attack, "notes", [])))
+
+
 def default_learning_rate(config: RunConfig) -> float:
     if config.train.learning_rate is not None:
         return config.train.learning_rate
@@ -235,13 +247,11 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     n = getattr(config.task, "num_labels", 0)
     if not config.is_generation and getattr(config.attack, "target_label", 0) >= n:
         raise ValueError(f"attack.target_label={config.attack.target_label} is not a label (0..{n - 1})")
-    splits = load_splits(config)
-    mark = lap("load_data", started)
+    data, cache_hit = prepared_data(config, prepare_data, cache_root())
+    splits = Splits(data.train, data.dev, data.test, data.data_notes)
+    poisoned, triggered_test = data.poisoned, data.triggered_test
+    mark = lap("load_and_poison", started)
     defense = build_defense(config.defense, n)
-    attack = build_attack(config.attack, n)
-    poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
-    triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
-    mark = lap("attack", mark)
     train_rows = defense.before_training(poisoned, stage_rng(config.seed, "defense"))
     mark = lap("defend", mark)
 
@@ -317,7 +327,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
         resumed_from_epoch=train_report.resumed_from_epoch,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
         eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes,
-        attack_notes=getattr(attack, "notes", []), stealth=stealth,
+        attack_notes=data.attack_notes, data_cache_hit=cache_hit, stealth=stealth,
         provenance=provenance(model, accelerator))
     if accelerator.is_main_process:
         hint = f"; the trained state is in {checkpoints} (--resume writes the run without training again)"
