@@ -17,8 +17,6 @@ from p2pdefense.io import write_text_atomic
 ROOT = Path(__file__).resolve().parent
 # store directory -> (title, the command that produced it)
 STORES = {
-    "tiny-full": ("SST-2, BadNets \"mn\" 5%, tiny model, full train split, 4 epochs, 3 seeds",
-                  "python benchmarks/matrix.py --setting tiny-full --seeds 0 1 2"),
     "tiny-sst2": ("SST-2, four attacks x P2P, tiny model, 4 epochs, 3 seeds",
                   "p2p bench benchmarks/grids/tiny-sst2.yaml"),
     "attack-suite": ("Every attack against P2P, tiny model, 3 epochs, seed 0",

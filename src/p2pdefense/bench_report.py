@@ -47,6 +47,16 @@ def role(config: dict) -> str:
     return "defended"
 
 
+def attack_label(row: dict) -> str:
+    """A heatmap column: the grid cell's name (e.g. badnets-clean-label), else the attack's name."""
+    if row.get("cell"):
+        name = re.sub(r"(^|, )seed=[^,() ]+", "", row["cell"]).split(" (")[0].strip(" ,")
+        if name:
+            return name
+    attack = row["config"]["attack"]
+    return attack["name"] + (" (clean-label)" if attack.get("clean_label") else "")
+
+
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -209,10 +219,10 @@ def plots(report: Report, out: Path) -> list[Path]:
         written.append(path)
 
     defenses = sorted({r["config"]["defense"]["name"] for r in rows if role(r["config"]) != "clean"})
-    attacks = sorted({r["config"]["attack"]["name"] for r in rows if r["config"]["attack"]["name"] != "none"})
+    attacks = sorted({attack_label(r) for r in rows if r["config"]["attack"]["name"] != "none"})
     if defenses and attacks:
         grid = [[_mean_sd([r["metrics"].get("asr") for r in rows if role(r["config"]) != "clean"
-                           and r["config"]["defense"]["name"] == d and r["config"]["attack"]["name"] == a])[0]
+                           and r["config"]["defense"]["name"] == d and attack_label(r) == a])[0]
                  for a in attacks] for d in defenses]
         fig, axis = plt.subplots(figsize=(1.6 * len(attacks) + 2, 0.8 * len(defenses) + 1.5))
         image = axis.imshow([[float("nan") if v is None else 100 * v for v in line] for line in grid],
