@@ -268,6 +268,7 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
                                            env=env, stdout=log_file, stderr=subprocess.STDOUT)
             running[cell.hash] = (slot, process)
             log.info("started %s [%s] on worker %d", cell.label, cell.hash, slot)
+        progress.update(bar, description=f"grid: {len(running)} running, {len(pending)} waiting")
         time.sleep(0.5)
         for digest, (_slot, process) in list(running.items()):
             if process.poll() is None:
