@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import ConfigError, RunConfig, apply_overrides, parse_override, to_yaml, validate_config
+from .config import ConfigError, RunConfig, apply_overrides, flatten, parse_override, to_yaml, validate_config
 from .pipeline import finished_metrics, reference_configs, vocabulary_strings, with_vocabulary
 from .store import ResultsStore
 
@@ -93,18 +93,8 @@ def _set(raw: dict, key: str, value: Any) -> None:
     apply_overrides(raw, [f"{key}={json.dumps(value)}"])
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _matches(config: RunConfig, selector: dict[str, Any]) -> bool:
-    flat = _flat(config.model_dump(mode="json"))
+    flat = flatten(config.model_dump(mode="json"))
     return all(flat.get(k) == v for k, v in selector.items())
 
 

@@ -18,20 +18,16 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .config import flatten
 from .io import write_text_atomic
 from .store import ResultsStore
 
 IGNORED_KEYS = ("seed", "model.tiny.vocabulary")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return out
+def _flat(tree: dict) -> dict:
+    """Dotted keys; lists as JSON text, so that values can be compared and collected in sets."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(tree).items()}
 
 
 def _key(tree: dict, drop: tuple[str, ...]) -> str:

@@ -174,5 +174,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
     return validate_config(apply_overrides(raw, list(overrides)), str(path or "config"))
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"epochs": 3}} -> {"train.epochs": 3}: the dotted keys `--set` and grid files use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 
 from . import report
 from .attacks import build_attack
-from .config import RunConfig, to_yaml
+from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples, synthetic_math, synthetic_sentiment, synthetic_summaries
 from .datacache import PreparedData, prepared_data
 from .defenses import build_defense
@@ -186,17 +186,6 @@ def finished_metrics(run_dir: Path, config: RunConfig) -> dict | None:
     return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"epochs": 3}} -> {"train.epochs": 3}; lists and None as text (trackers take scalars)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
-
-
 def checkpoint_dir_of(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.checkpoints")
 
@@ -262,7 +251,9 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     load_dtype, mixed_precision = training_precision(config.model)
     accelerator = make_accelerator(config.train, mixed_precision, project_dir=final_dir.parent / "trackers")
     if config.train.log_with:  # e.g. tensorboard: OUTPUT_DIR/trackers/RUN_NAME
-        accelerator.init_trackers(final_dir.name, config=_flat(_comparable(config)))
+        scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v)  # trackers take scalars
+                   for k, v in flatten(_comparable(config)).items()}
+        accelerator.init_trackers(final_dir.name, config=scalars)
     if accelerator.is_main_process:
         write_text_atomic(checkpoints / "config.yaml", to_yaml(config))
     set_seed(config.seed)
