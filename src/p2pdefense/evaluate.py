@@ -67,16 +67,19 @@ def predict(model, task: ClassificationTask, examples: list[Example], split: str
     """Apply the defense's inference stage, score every verbalizer, fold. Dropout is off (eval mode)."""
     was_training = model.training
     model.eval()
-    inputs = [task.defense.at_inference(ex) for ex in examples]
-    triggers = [ex.meta.trigger for ex in examples]  # the attack's, kept through a cut; never shown to a defense
-    predictions = across_processes(len(inputs), lambda share: _predict_share(model, task, inputs, triggers, share,
-                                                                              split, batch_size, device))
+    # the defense sees each input blinded and without its label; the trigger only keeps it through a cut
+    inputs = [task.defense.at_inference(ex.for_inference()) for ex in examples]
+    triggers = [ex.meta.trigger for ex in examples]
+    golds = [ex.label for ex in examples]
+    predictions = across_processes(len(inputs), lambda share: _predict_share(model, task, inputs, triggers, golds,
+                                                                              share, split, batch_size, device))
     model.train(was_training)
     return predictions
 
 
 def _predict_share(model, task: ClassificationTask, inputs: list[Example], triggers: list[str | None],
-                   share: list[int], split: str, batch_size: int, device) -> list[Prediction]:
+                   golds: list[int | None], share: list[int], split: str, batch_size: int,
+                   device) -> list[Prediction]:
     predictions: dict[int, Prediction] = {}
     by_plan: dict[int, list[int]] = {}
     for i in share:
@@ -90,7 +93,7 @@ def _predict_share(model, task: ClassificationTask, inputs: list[Example], trigg
             raw = max(range(len(row)), key=row.__getitem__)
             predictions[i] = Prediction(
                 id=f"{split}-{i}", source_index=inputs[i].meta.source_index, split=split, input=enc.prompt_text,
-                truncated=enc.truncated, trigger_in_input=enc.trigger_in_input, gold=inputs[i].label, raw=raw,
+                truncated=enc.truncated, trigger_in_input=enc.trigger_in_input, gold=golds[i], raw=raw,
                 folded=task.defense.fold(raw),
                 scores=[round(s, 4) for s in row])
     return [predictions[i] for i in share]
@@ -183,7 +186,7 @@ def predict_generation(model, task: GenerationTask, examples: list[Example], spl
                        device, target: OutputTarget | None = None) -> tuple[list[GenerationPrediction], float]:
     """Generate for every example (the defense's inference stage applied), strip the prefix, score.
     Returns the predictions and the seconds spent decoding."""
-    inputs = [task.defense.at_inference(ex) for ex in examples]
+    inputs = [task.defense.at_inference(ex.for_inference()) for ex in examples]  # blinded, no target
     triggers = [ex.meta.trigger for ex in examples]
     timed = across_processes(len(inputs), lambda share: [
         (gen, seconds) for gens, seconds in [task.generate(model, [inputs[i] for i in share], batch_size, device,
@@ -192,14 +195,14 @@ def predict_generation(model, task: GenerationTask, examples: list[Example], spl
     seconds = max((s for _, s in timed), default=0.0)  # the processes decode at the same time
     score_one, _ = SCORERS[task.config.name]
     predictions = []
-    for i, (ex, gen) in enumerate(zip(inputs, generations, strict=True)):
+    for i, (ex, original, gen) in enumerate(zip(inputs, examples, generations, strict=True)):
         output, compliant = task.defense.strip_output(gen.raw)
+        gold = original.target
         predictions.append(GenerationPrediction(
             id=f"{split}-{i}", source_index=ex.meta.source_index, split=split, input=gen.prompt_text, raw=gen.raw,
-            output=output, prefix_compliant=compliant, gold=ex.target, new_tokens=gen.new_tokens,
-            truncated=gen.truncated, trigger_in_input=gen.trigger_in_input, score=score_one(output, ex.target),
-            attack_success=None if target is None or target.already_in(ex.target)
-            else target.shown_by(output, ex.target)))
+            output=output, prefix_compliant=compliant, gold=gold, new_tokens=gen.new_tokens,
+            truncated=gen.truncated, trigger_in_input=gen.trigger_in_input, score=score_one(output, gold),
+            attack_success=None if target is None or target.already_in(gold) else target.shown_by(output, gold)))
     return predictions, seconds
 
 

@@ -39,7 +39,8 @@ def predict_run(run_dir: Path, input_path: str, text_field: str | None = None, b
     device = next(model.parameters()).device
     if config.is_generation:
         task = GenerationTask(config.task, tokenizer, defense, config.train.max_length)
-        generations, _ = task.generate(model, [defense.at_inference(ex) for ex in examples], batch_size, device)
+        generations, _ = task.generate(model, [defense.at_inference(ex.for_inference()) for ex in examples], batch_size,
+                                      device)
         rows = []
         for ex, gen in zip(examples, generations, strict=True):
             output, compliant = defense.strip_output(gen.raw)

@@ -157,3 +157,28 @@ def test_rows_already_in_the_benign_label_space_keep_their_label():
     rows = [Example(text=f"r{i}", label=3 if i % 2 else 0, meta=ExampleMeta(source_index=i)) for i in range(10)]
     out = defend(P2PConfig(ratio=1.0), rows)
     assert [e.label for e in out] == [2 if i % 2 == 0 else 3 for i in range(10)]
+
+
+def test_the_inference_stage_sees_neither_poison_metadata_nor_true_answers():
+    from p2pdefense.evaluate import predict
+    from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
+    from p2pdefense.tasks import ClassificationConfig, ClassificationTask
+
+    seen = []
+
+    class Spy(P2P):
+        def at_inference(self, example):
+            seen.append(example)
+            return super().at_inference(example)
+
+    attack = build_attack(BadNetsConfig(rate=0.1, triggers=["mn"]))
+    triggered = attack.triggered_test(TRAIN[:12], random.Random(0))
+    tokenizer = train_tokenizer([e.text for e in TRAIN[:100]] + ["Output: 0 1", "Answer: 2 3"], 300)
+    task = ClassificationTask(ClassificationConfig(), tokenizer, Spy(P2PConfig(), 2), 64)
+    model = build_tiny_llama(len(tokenizer), 16, 1, 2, 128, seed=0)
+    predictions = predict(model, task, triggered, "triggered", 8, "cpu")
+    assert len(seen) == 12 and all(e.meta.trigger is None and e.meta.poisoned is None for e in seen)
+    assert all(e.label is None and e.target is None for e in seen)
+    assert [p.gold for p in predictions] == [e.label for e in triggered]  # the metrics still know the truth
+    assert all(" mn" in p.input or p.input.startswith("Input: The query currently entered is: mn")
+               for p in predictions)

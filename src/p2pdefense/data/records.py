@@ -33,3 +33,7 @@ class Example:
     def blinded(self) -> Example:
         """The record as a defense may see it: whether and how it was poisoned is removed."""
         return replace(self, meta=replace(self.meta, poisoned=None, trigger=None))
+
+    def for_inference(self) -> Example:
+        """A test input as a defense's inference stage may see it: blinded, and without its true answer."""
+        return replace(self.blinded(), label=None, target=None)
