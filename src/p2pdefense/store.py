@@ -39,6 +39,7 @@ class ResultsStore:
         self.bench_dir = Path(bench_dir)
         suffix = "" if not shard else ".shard-" + shard.replace("/", "-of-")
         self.path = self.bench_dir / f"results{suffix}.jsonl"
+        self._hashes: set[str] | None = None
 
     def files(self) -> list[Path]:
         return sorted(self.bench_dir.glob("results*.jsonl"))
@@ -62,6 +63,8 @@ class ResultsStore:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        if self._hashes is not None:
+            self._hashes.add(row["hash"])
 
     def record_labels(self, labels: dict[str, str]) -> None:
         """Remember each cell's label by hash (cells.json), so that a rebuilt store keeps them."""
@@ -77,8 +80,10 @@ class ResultsStore:
 
     def ensure(self, run_dir: Path) -> None:
         """Add the row of a finished run unless the store has it."""
+        if self._hashes is None:
+            self._hashes = {r["hash"] for r in self.rows()}
         row = row_from_run(run_dir, self.labels().get(run_dir.name))
-        if row is not None and row["hash"] not in {r["hash"] for r in self.rows()}:
+        if row is not None and row["hash"] not in self._hashes:
             self.append(row)
 
     def rebuild(self) -> int:

@@ -51,6 +51,8 @@ class CuePlan:
     """The cue as it ends the prompt (possibly without its trailing whitespace)."""
     verbalizer_ids: list[list[int]]
     """Token ids of each verbalizer (with the whitespace the cue gave up), indexed by raw label."""
+    cue_ids: list[int]
+    """Token ids of prompt_cue."""
 
     @classmethod
     def build(cls, tokenizer, cue: str, verbalizers: list[str]) -> CuePlan:
@@ -70,7 +72,7 @@ class CuePlan:
                 verb_ids.append(full[len(cue_ids):])
             else:
                 if len({tuple(v) for v in verb_ids}) == len(verb_ids):
-                    plans.append(cls(prompt_cue, verb_ids))
+                    plans.append(cls(prompt_cue, verb_ids, cue_ids))
         if not plans:
             raise ValueError(f"the tokenizer merges cue {cue!r} with the verbalizers {verbalizers} (or maps two "
                              "verbalizers to the same tokens); choose another cue or label_words")
@@ -106,7 +108,7 @@ class ClassificationTask:
         text or (where it can be kept) `trigger`, the attack's inserted trigger."""
         plan = self.plan(example)
         body, span = format_with_span(self.config.template, example)
-        cue_ids = self.tokenizer(plan.prompt_cue, add_special_tokens=False)["input_ids"]
+        cue_ids = plan.cue_ids
         # leave room for the cue and the longest verbalizer
         room = self.max_length - len(cue_ids) - max(len(v) for v in plan.verbalizer_ids)
         fitted = fit_prompt(self.tokenizer, body, span, room, self.defense.protected_strings(example), trigger)
