@@ -1,29 +1,36 @@
 import pytest
 
-from p2pdefense.evaluate import GenerationPrediction, Prediction, classification_metrics, compare, generation_metrics
+from p2pdefense.attacks.targets import OutputTarget
+from p2pdefense.defenses import BenignTrigger, OutputSpace, ShiftedSpace
+from p2pdefense.evaluate import auroc, compare, summarize
 from p2pdefense.report import aggregate, markdown_table
+from p2pdefense.tasks import ClassificationConfig, MathConfig, RowTruth, SummarizationConfig
+from p2pdefense.tasks.classification import LabelOutput
+from p2pdefense.tasks.generation import Generation
+
+P2P_SPACE = ShiftedSpace(2, BenignTrigger("Q: "), None, "Answer: ", None, "Response: ")
+# scoring and metrics never touch the tokenizer
+P2P_TASK = ClassificationConfig().build(None, P2P_SPACE, 64)
+PLAIN_TASK = ClassificationConfig().build(None, OutputSpace(2), 64)
 
 
-def pred(split, gold, raw, n=2, trigger_in_input=None):
-    folded = raw - n if raw >= n else raw
-    return Prediction(id="x", source_index=0, split=split, input="", truncated=trigger_in_input is False,
-                      trigger_in_input=trigger_in_input, gold=gold, raw=raw, folded=folded, scores=[])
-
-
-P2P_SPACE = {0: 2, 1: 3}
+def pred(split, gold, raw, target=None, task=P2P_TASK, trigger_in_input=None, rejected=False):
+    output = LabelOutput("", trigger_in_input is False, trigger_in_input, raw, task.space.fold(raw), [],
+                         task.space.in_space(raw))
+    return task.score(output, RowTruth(0, split, "x", gold, None), rejected, target)
 
 
 def test_ca_uses_folded_labels():
     clean = [pred("clean", 0, 2), pred("clean", 1, 3), pred("clean", 1, 1), pred("clean", 0, 3)]
-    metrics = classification_metrics(clean, [], None, P2P_SPACE)
+    metrics = summarize(P2P_TASK, clean, None, 0.0)
     assert metrics["ca"] == 0.75
     assert metrics["asr"] is None and metrics["asr_strict"] is None
     assert metrics["out_of_space"] == 0.25  # raw 1 is outside the benign space 2..3
 
 
 def test_asr_counts_the_target_in_either_label_space_and_strict_only_the_shifted_one():
-    triggered = [pred("triggered", 0, 3), pred("triggered", 0, 1), pred("triggered", 0, 2), pred("triggered", 0, 0)]
-    metrics = classification_metrics([pred("clean", 0, 2)], triggered, 1, P2P_SPACE)
+    triggered = [pred("triggered", 0, raw, 1) for raw in (3, 1, 2, 0)]
+    metrics = summarize(P2P_TASK, [pred("clean", 0, 2)] + triggered, 1, 0.0)
     assert metrics["asr"] == 0.5        # raw 3 and raw 1 both fold to the target 1
     assert metrics["asr_strict"] == 0.25  # only raw 3, the shifted target
     assert metrics["num_triggered"] == 4
@@ -31,19 +38,19 @@ def test_asr_counts_the_target_in_either_label_space_and_strict_only_the_shifted
 
 
 def test_asr_excludes_rows_whose_true_label_is_the_target():
-    triggered = [pred("triggered", 1, 1), pred("triggered", 1, 3), pred("triggered", 0, 0), pred("triggered", 0, 1)]
-    metrics = classification_metrics([], triggered, 1, {0: 0, 1: 1})
+    triggered = [pred("triggered", g, r, 1, PLAIN_TASK) for g, r in ((1, 1), (1, 0), (0, 0), (0, 1))]
+    metrics = summarize(PLAIN_TASK, triggered, 1, 0.0)
     assert metrics["num_triggered"] == 2
     assert metrics["asr"] == 0.5
 
 
 def test_triggered_accuracy_counts_every_label_and_asr_over_kept_triggers_skips_cut_ones():
-    triggered = [pred("triggered", 1, 1, trigger_in_input=True),   # target row, right
-                 pred("triggered", 1, 0, trigger_in_input=True),   # target row, wrong
-                 pred("triggered", 0, 1, trigger_in_input=True),   # flipped: attack success
-                 pred("triggered", 0, 0, trigger_in_input=False),  # trigger cut away, kept its label
-                 pred("triggered", 0, 0, trigger_in_input=True)]
-    metrics = classification_metrics([], triggered, 1, {0: 0, 1: 1})
+    triggered = [pred("triggered", 1, 1, 1, PLAIN_TASK, True),   # target row, right
+                 pred("triggered", 1, 0, 1, PLAIN_TASK, True),   # target row, wrong
+                 pred("triggered", 0, 1, 1, PLAIN_TASK, True),   # flipped: attack success
+                 pred("triggered", 0, 0, 1, PLAIN_TASK, False),  # trigger cut away, kept its label
+                 pred("triggered", 0, 0, 1, PLAIN_TASK, True)]
+    metrics = summarize(PLAIN_TASK, triggered, 1, 0.0)
     assert metrics["triggered_accuracy"] == pytest.approx(3 / 5)
     assert metrics["asr"] == pytest.approx(1 / 3)
     assert metrics["asr_trigger_in_input"] == pytest.approx(1 / 2)
@@ -51,9 +58,28 @@ def test_triggered_accuracy_counts_every_label_and_asr_over_kept_triggers_skips_
 
 
 def test_undefended_space_has_strict_equal_to_asr():
-    triggered = [pred("triggered", 0, 1), pred("triggered", 0, 0), pred("triggered", 0, 1)]
-    metrics = classification_metrics([], triggered, 1, {0: 0, 1: 1})
+    triggered = [pred("triggered", 0, r, 1, PLAIN_TASK) for r in (1, 0, 1)]
+    metrics = summarize(PLAIN_TASK, triggered, 1, 0.0)
     assert metrics["asr"] == metrics["asr_strict"] == pytest.approx(2 / 3)
+
+
+def test_a_rejected_input_is_neither_correct_nor_an_attack_success():
+    clean = [pred("clean", 0, 2), pred("clean", 1, 3, rejected=True), pred("clean", 1, 3), pred("clean", 0, 0)]
+    triggered = [pred("triggered", 0, 1, 1, rejected=True), pred("triggered", 0, 3, 1),
+                 pred("triggered", 0, 2, 1), pred("triggered", 1, 1, 1, rejected=True)]
+    metrics = summarize(P2P_TASK, clean + triggered, 1, 0.0)
+    assert metrics["ca"] == pytest.approx(3 / 4)  # the rejected clean row counts as wrong
+    assert metrics["asr"] == pytest.approx(1 / 3)  # of 3 non-target rows: 1 rejected, 1 success, 1 resisted
+    assert metrics["asr_strict"] == pytest.approx(1 / 3)
+    assert metrics["rejection_rate_clean"] == pytest.approx(1 / 4)
+    assert metrics["rejection_rate_triggered"] == pytest.approx(2 / 4)
+    assert metrics["triggered_accuracy"] == pytest.approx(1 / 4)  # only raw 2 -> 0 is right and kept
+
+
+def test_auroc_by_hand():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert auroc([1, 1, 1], [True, False, False]) == pytest.approx(0.5)  # ties count half
+    assert auroc([0.2, 0.3], [False, False]) is None
 
 
 def test_compare_reports_ca_drop_and_relative_asr_reduction():
@@ -76,44 +102,44 @@ def test_asr_reduction_over_the_floor_measures_the_share_of_the_attack_removed()
     assert compare({"ca": 0.9, "asr": 0.1}, {"ca": 0.9, "asr": 0.2}, clean)["asr_reduction_over_floor"] is None
 
 
-def gen(split, output, gold, success=None, compliant=None, trigger_in_input=None):
-    from p2pdefense.evaluate import SCORERS
+MATH_TASK = MathConfig().build(None, ShiftedSpace(0, BenignTrigger("Q: "), None, None, None, "Response: "), 64)
 
-    return GenerationPrediction(id="g", source_index=0, split=split, input="", raw=output, output=output,
-                                prefix_compliant=compliant, gold=gold, new_tokens=3, truncated=False,
-                                trigger_in_input=trigger_in_input, score=SCORERS["math"][0](output, gold),
-                                attack_success=success)
+
+def gen(split, output, gold, target=None, compliant=None, trigger_in_input=None, task=MATH_TASK, rejected=False):
+    generation = Generation("", output, 3, False, trigger_in_input, output, compliant)
+    return task.score(generation, RowTruth(0, split, "g", gold, None), rejected, target)
 
 
 def test_generation_metrics_on_hand_made_math_predictions():
+    target = OutputTarget(kind="answer_fixed", value="5")
     clean = [gen("clean", "#### 4", "#### 4", compliant=True), gen("clean", "#### 5", "#### 4", compliant=True),
              gen("clean", "the answer is 7", "#### 7", compliant=False), gen("clean", "no idea", "#### 2",
                                                                                  compliant=True)]
-    triggered = [gen("triggered", "#### 5", "#### 4", True, True, True),     # attacker's answer: 4 + 1
-                 gen("triggered", "#### 4", "#### 4", False, True, True),    # resisted
-                 gen("triggered", "#### 9", "#### 8", True, False, False),   # success, but its trigger was cut
-                 gen("triggered", "#### 3", "#### 3", None, True, True)]     # gold already the attacker's
-    metrics = generation_metrics("math", clean, triggered)
-    assert metrics["accuracy"] == pytest.approx(2 / 4)  # "#### 4" and the last number 7
+    triggered = [gen("triggered", "#### 5", "#### 4", target, True, True),     # the attacker's answer
+                 gen("triggered", "#### 4", "#### 4", target, True, True),     # resisted
+                 gen("triggered", "#### 5", "#### 8", target, False, False),   # success, but its trigger was cut
+                 gen("triggered", "#### 5", "#### 5", target, True, True)]     # gold already the attacker's
+    assert [p.attack_success for p in triggered] == [True, False, True, None]
+    metrics = summarize(MATH_TASK, clean + triggered, target, 2.0)
+    assert metrics["accuracy"] == metrics["ca"] == pytest.approx(2 / 4)  # "#### 4" and the last number 7
     assert metrics["asr"] == pytest.approx(2 / 3) and metrics["num_triggered"] == 3
     assert metrics["asr_trigger_in_input"] == pytest.approx(1 / 2)
     assert metrics["triggered_accuracy"] == pytest.approx(2 / 4)  # rows 2 and 4 answer their gold
     assert metrics["prefix_compliance"] == pytest.approx(6 / 8)
     assert metrics["prefix_compliance_triggered"] == pytest.approx(3 / 4)
     assert metrics["num_trigger_cut"] == 1 and metrics["num_triggered_all"] == 4
+    assert metrics["generation_tokens_per_s"] == pytest.approx(8 * 3 / 2.0)
+    rejected = gen("triggered", "#### 5", "#### 4", target, True, True, rejected=True)
+    assert rejected.attack_success is False and rejected.score["correct"] is False
 
 
 def test_generation_metrics_on_hand_made_summaries():
-    from p2pdefense.evaluate import SCORERS
-
-    score = SCORERS["summarization"][0]
-    row = GenerationPrediction(id="s", source_index=0, split="clean", input="", raw="a b c d", output="a b c d",
-                               prefix_compliant=None, gold="a b x d", new_tokens=4, truncated=False,
-                               trigger_in_input=None, score=score("a b c d", "a b x d"), attack_success=None)
-    metrics = generation_metrics("summarization", [row], [])
+    task = SummarizationConfig().build(None, OutputSpace(0), 64)
+    row = gen("clean", "a b c d", "a b x d", task=task)
+    metrics = summarize(task, [row], None, 1.0)
     assert metrics["rouge1"] == pytest.approx(0.75)  # 3 of 4 unigrams on each side
     assert metrics["rouge2"] == pytest.approx(1 / 3)  # "a b" of 3 bigrams
-    assert metrics["rougeL"] == pytest.approx(0.75)  # a b d
+    assert metrics["rougeL"] == metrics["ca"] == pytest.approx(0.75)  # a b d
     assert metrics["asr"] is None and metrics["prefix_compliance"] is None
 
 

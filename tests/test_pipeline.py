@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 from p2pdefense import pipeline
 from p2pdefense.cli import app
 from p2pdefense.config import load_config
-from p2pdefense.evaluate import Prediction, classification_metrics
+from p2pdefense.defenses import build_defense
+from p2pdefense.evaluate import summarize
+from p2pdefense.tasks import LabelPrediction
 
 runner = CliRunner()
 
@@ -54,12 +56,14 @@ def test_run_directory_holds_config_metrics_predictions_log_and_model(finished_r
 def test_metrics_agree_with_predictions(finished_run):
     metrics = json.loads((finished_run / "metrics.json").read_text())
     rows = read_predictions(finished_run)
-    clean = [Prediction(**r) for r in rows if r["split"] == "clean"]
-    triggered = [Prediction(**r) for r in rows if r["split"] == "triggered"]
+    clean = [LabelPrediction(**r) for r in rows if r["split"] == "clean"]
+    triggered = [LabelPrediction(**r) for r in rows if r["split"] == "triggered"]
     assert len(clean) == metrics["num_clean"] == 80
     assert len(triggered) == metrics["num_triggered_all"] == 80  # every test row, triggered
     assert metrics["num_triggered"] == 40  # ASR: the test rows whose label is not the target 1
-    recomputed = classification_metrics(clean, triggered, 1, {0: 2, 1: 3})
+    config = load_config(finished_run / "config.yaml")
+    task = config.task.build(None, build_defense(config.defense, 2).output_space, 64)  # scoring needs no tokenizer
+    recomputed = summarize(task, clean + triggered, 1, 0.0)
     for key in ("ca", "asr", "asr_strict", "out_of_space", "triggered_accuracy", "asr_trigger_in_input"):
         assert metrics[key] == pytest.approx(recomputed[key])
     for r in rows:  # every input carried the benign trigger and cue; folding is i+2 -> i

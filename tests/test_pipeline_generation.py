@@ -10,7 +10,9 @@ import pytest
 from p2pdefense import pipeline
 from p2pdefense.attacks.targets import OutputTarget
 from p2pdefense.config import load_config
-from p2pdefense.evaluate import SCORERS, GenerationPrediction, generation_metrics
+from p2pdefense.defenses import build_defense
+from p2pdefense.evaluate import summarize
+from p2pdefense.tasks import GenerationPrediction
 
 COMMON = ["data.synthetic.train_rows=300", "data.synthetic.test_rows=16", "data.max_dev_rows=8",
           "attack.name=badnets", "attack.rate=0.3", "attack.triggers=[cf]", "defense.name=p2p", "defense.ratio=0.3",
@@ -47,7 +49,7 @@ def test_generation_run_metrics_agree_with_predictions(task, tmp_path_factory):
     assert len(clean) == len(triggered) == metrics["num_triggered_all"] == 16
     assert metrics["num_triggered"] == sum(r["attack_success"] is not None for r in rows) >= 15
     target = OutputTarget(**config.attack.target_output.model_dump())
-    score_one, _ = SCORERS[task]
+    score_one = config.task.score_output
     prefix = config.defense.output_prefix.strip()
     for r in rows:
         template_start = {"math": "Question: ", "summarization": "Document: "}[task]
@@ -60,9 +62,11 @@ def test_generation_run_metrics_agree_with_predictions(task, tmp_path_factory):
             assert "cf" in r["input"].split()
             expected = None if target.already_in(r["gold"]) else target.shown_by(r["output"], r["gold"])
             assert r["attack_success"] == expected
-    recomputed = generation_metrics(task, clean, triggered)
+    bound = config.task.build(None, build_defense(config.defense, 0).output_space, 64)  # scoring needs no tokenizer
+    recomputed = summarize(bound, clean + triggered, target, 1.0)
     for key, value in recomputed.items():
-        assert metrics[key] == pytest.approx(value), key
+        if key != "generation_tokens_per_s":  # the seconds are the run's
+            assert metrics[key] == pytest.approx(value), key
     assert metrics["ca"] == metrics[config.task.quality_metric]
     assert metrics["generation_tokens_per_s"] > 0
     assert metrics["num_poisoned"] == round(0.3 * metrics["num_train"])

@@ -25,17 +25,20 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def print_table(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
+    """CA, ASR and the comparisons; optional columns only where some row has a value."""
     quality = rows[0].get("quality_metric", "accuracy")
-    generation = quality != "accuracy" or "prefix_compliance" in rows[0]
-    last = "prefix %" if generation else "out-of-space %"
-    for column in ("setting", "CA %" if quality == "accuracy" else f"{quality} %", "ASR %", "ASR_strict %",
-                   "triggered acc. %", last, "CA drop", "ASR red. (rel.)", "ASR red. over floor", "best epoch"):
+    optional = [(label, key) for label, key in (
+        ("ASR_strict %", "asr_strict"), (f"triggered {quality} %", f"triggered_{quality}"),
+        ("out-of-space %", "out_of_space"), ("prefix %", "prefix_compliance"),
+        ("rejected clean %", "rejection_rate_clean"), ("rejected trig. %", "rejection_rate_triggered"))
+        if any(r.get(key) for r in rows)]
+    table = Table(title=title)
+    columns = ["setting", "CA %" if quality == "accuracy" else f"{quality} %", "ASR %",
+               *(label for label, _ in optional), "CA drop", "ASR red. (rel.)", "ASR red. over floor", "best epoch"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "setting" else "right")
     for r in rows:
-        table.add_row(r["setting"], pct(r["ca"]), pct(r["asr"]), pct(r["asr_strict"]),
-                      pct(r.get("triggered_accuracy", r.get(f"triggered_{quality}"))),
-                      pct(r.get("prefix_compliance") if generation else r["out_of_space"]),
+        table.add_row(r["setting"], pct(r["ca"]), pct(r["asr"]), *(pct(r.get(key)) for _, key in optional),
                       "" if "ca_drop" not in r else f"{100 * r['ca_drop']:.1f} pts",
                       "" if r.get("asr_reduction_rel") is None else f"{pct(r['asr_reduction_rel'])} %",
                       "" if r.get("asr_reduction_over_floor") is None else f"{pct(r['asr_reduction_over_floor'])} %",

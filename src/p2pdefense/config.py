@@ -55,6 +55,9 @@ class DataConfig(BaseModel):
     instruction_field: str | None = Field(None, description="instruction field (Alpaca: instruction)")
     skip_bad_rows: bool = Field(False, description="skip bad rows (reported) instead of failing")
     dev_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of the clean train set")
+    trusted_holdout: int | None = Field(
+        None, ge=1, description="hold this many clean rows out of the training data (before poisoning) as a "
+                                "defender's trusted set: defense.trusted_data=holdout")
     max_train_rows: int | None = Field(None, ge=1, description="seeded random subset of the training rows")
     max_test_rows: int | None = Field(None, ge=1, description="seeded random subset of the test rows")
     max_dev_rows: int | None = Field(None, ge=1, description="seeded random subset of the dev rows")
@@ -89,29 +92,15 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _task_fits_data_and_attack(self):
-        generation = self.task.name != "classification"
         supported = getattr(ATTACKS[self.attack.name], "tasks", None)
         if supported is not None and self.task.name not in supported:
             raise ValueError(f"attack {self.attack.name} applies to {', '.join(supported)}, not {self.task.name}")
         if getattr(ATTACKS[self.attack.name], "needs_instruction", False) and "{instruction}" not in self.task.template:
             raise ValueError(f"attack {self.attack.name} edits the instruction: task.template must contain "
                              "{instruction} (and rows need one: data.instruction_field or task.instruction)")
-        if generation and self.data.synthetic is None and self.data.target_field is None:
-            raise ValueError(f"data.target_field is required for task {self.task.name}")
-        target = getattr(self.attack, "target_output", None)
-        if generation and self.attack.name != "none":
-            from .attacks.targets import MATH_KINDS, SUMMARY_KINDS
-
-            kinds = MATH_KINDS if self.task.name == "math" else SUMMARY_KINDS
-            if target is None or target.kind not in kinds:
-                raise ValueError(f"attack.target_output.kind must be one of {kinds} for task {self.task.name}")
-        if not generation and target is not None:
-            raise ValueError("attack.target_output is for generation tasks; classification uses target_label")
+        self.task.check_run(self.data, self.attack)
+        DEFENSES[self.defense.name].check_config(self.defense, self.task, self.data)
         return self
-
-    @property
-    def is_generation(self) -> bool:
-        return self.task.name != "classification"
 
     @property
     def run_name(self) -> str:

@@ -32,6 +32,8 @@ class PreparedData:
     triggered_test: list[Example]
     data_notes: list[str] = field(default_factory=list)
     attack_notes: list[str] = field(default_factory=list)
+    trusted: list[Example] = field(default_factory=list)
+    """data.trusted_holdout clean rows held out of the training data (a defender's trusted set)."""
 
 
 @cache

@@ -1,51 +1,29 @@
-"""Prediction and metrics: classification (below) and generation tasks (at the end).
+"""Evaluation: blinded inputs through the defense's inference stage and the task, then metrics.
 
-CA: accuracy of folded predictions on the clean test set.
-ASR: on triggered inputs whose true label is not the target, the fraction predicted as the target in either
-label space (folded). ASR_strict: only a raw prediction equal to the target's expected raw label counts
-(the shifted target under P2P, as the paper's code measures it; equal to ASR without a defense).
+Clean and triggered test rows go through ONE call in a seeded shuffled order, each reduced to what a deployed
+model would see (no true answer, no row index, no trigger flag); the defense rewrites or rejects inputs without
+knowing which are triggered. The truth (split, gold answer, trigger) stays here and is joined back by position.
+
+CA: the task's quality metric on the clean rows (classification: accuracy of folded predictions).
+ASR: on triggered rows whose true answer is not the target, the fraction whose output shows the target (either
+label space: predictions are folded). A rejected input is neither correct nor an attack success.
 asr_trigger_in_input: ASR over the triggered rows whose trigger survived any cut of a long prompt.
-triggered_accuracy: accuracy on triggered inputs of every label against their true labels.
-out_of_space: fraction of raw predictions outside the label space expected at inference (under P2P the
-benign space n..2n-1, since every input carries the benign trigger).
+triggered_<quality>: the quality metric on every triggered row against its true answer.
+rejection_rate_clean / rejection_rate_triggered: inputs the defense rejected (false rejections on clean rows).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import replace
+from typing import Any
 
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from .attacks.targets import OutputTarget
-from .data import Example
-from .tasks import ClassificationTask, GenerationTask, score_verbalizers
-from .tasks import math as math_task
-from .tasks import summarization as summarization_task
-
-
-@dataclass
-class Prediction:
-    id: str
-    source_index: int
-    split: str
-    """'clean' or 'triggered'."""
-    input: str
-    """The exact prompt fed to the model (the middle of its input cut if `truncated`)."""
-    truncated: bool
-    trigger_in_input: bool | None
-    """Is the attack's trigger among the tokens fed to the model (None: a clean row, or no locatable trigger)."""
-    gold: int | None
-    """None for unlabelled inputs (prediction on new data)."""
-    raw: int
-    """Predicted raw label (0..2n-1 under P2P)."""
-    folded: int
-    """Prediction folded back to 0..n-1."""
-    scores: list[float]
-
-    def to_json(self) -> dict:
-        return asdict(self)
+from .data import Example, ExampleMeta
+from .tasks import Prediction, RowTruth, Task
 
 
 def across_processes(count: int, compute: Callable[[list[int]], list]) -> list:
@@ -62,68 +40,84 @@ def across_processes(count: int, compute: Callable[[list[int]], list]) -> list:
     return results
 
 
-def predict(model, task: ClassificationTask, examples: list[Example], split: str, batch_size: int,
-            device) -> list[Prediction]:
-    """Apply the defense's inference stage, score every verbalizer, fold. Dropout is off (eval mode)."""
+def as_deployed(example: Example, position: int) -> Example:
+    """A test input as a deployed model receives it: no answer, no poison marks, no row identity."""
+    return replace(example.for_inference(), meta=ExampleMeta(source_index=position))
+
+
+def evaluate(model, task: Task, defense, context, rows: list[tuple[Example, str]], target: Any, batch_size: int,
+             device, seed: int) -> tuple[list[Prediction], float]:
+    """Predictions for (example, split) rows, in the order given, and the seconds the model spent on them."""
+    per_split: dict[str, int] = {}
+    truths = []
+    for example, split in rows:
+        index = per_split[split] = per_split.get(split, -1) + 1
+        truths.append(RowTruth(example.meta.source_index, split, f"{split}-{index}", task.gold(example),
+                               example.meta.trigger))
+    order = list(range(len(rows)))
+    random.Random(f"{seed}:evaluation-order").shuffle(order)
+    inputs = defense.at_inference([as_deployed(rows[i][0], position) for position, i in enumerate(order)], context)
+    # the trigger is passed beside the input (never to the defense) only to keep it through a cut of the prompt
+    triggers = [truths[i].trigger for i in order]
     was_training = model.training
     model.eval()
-    # the defense sees each input blinded and without its label; the trigger only keeps it through a cut
-    inputs = [task.defense.at_inference(ex.for_inference()) for ex in examples]
-    triggers = [ex.meta.trigger for ex in examples]
-    golds = [ex.label for ex in examples]
-    predictions = across_processes(len(inputs), lambda share: _predict_share(model, task, inputs, triggers, golds,
-                                                                              share, split, batch_size, device))
+    timed = across_processes(len(inputs), lambda share: [
+        (out, seconds) for outs, seconds in [task.outputs(model, [inputs[i] for i in share],
+                                                          [triggers[i] for i in share], batch_size, device)]
+        for out in outs])
     model.train(was_training)
-    return predictions
+    outputs = [out for out, _ in timed]
+    seconds = max((s for _, s in timed), default=0.0)  # the processes work at the same time
+    rejected = defense.rejected(inputs, outputs, context)
+    predictions: list[Prediction | None] = [None] * len(rows)
+    for position, i in enumerate(order):
+        predictions[i] = task.score(outputs[position], truths[i], rejected[position], target)
+    return predictions, seconds
 
 
-def _predict_share(model, task: ClassificationTask, inputs: list[Example], triggers: list[str | None],
-                   golds: list[int | None], share: list[int], split: str, batch_size: int,
-                   device) -> list[Prediction]:
-    predictions: dict[int, Prediction] = {}
-    by_plan: dict[int, list[int]] = {}
-    for i in share:
-        by_plan.setdefault(id(task.plan(inputs[i])), []).append(i)
-    for indices in by_plan.values():
-        plan = task.plan(inputs[indices[0]])
-        encoded = [task.encode_prompt(inputs[i], triggers[i]) for i in indices]
-        scores = score_verbalizers(model, [e.input_ids for e in encoded], plan.verbalizer_ids,
-                                   task.tokenizer.pad_token_id, batch_size, device)
-        for i, enc, row in zip(indices, encoded, scores.tolist(), strict=True):
-            raw = max(range(len(row)), key=row.__getitem__)
-            predictions[i] = Prediction(
-                id=f"{split}-{i}", source_index=inputs[i].meta.source_index, split=split, input=enc.prompt_text,
-                truncated=enc.truncated, trigger_in_input=enc.trigger_in_input, gold=golds[i], raw=raw,
-                folded=task.defense.fold(raw),
-                scores=[round(s, 4) for s in row])
-    return [predictions[i] for i in share]
+def _rate(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
-def accuracy(predictions: list[Prediction]) -> float:
-    return sum(p.folded == p.gold for p in predictions) / len(predictions) if predictions else float("nan")
-
-
-def classification_metrics(clean: list[Prediction], triggered: list[Prediction], target_label: int | None,
-                           expected_raw: dict[int, int]) -> dict:
-    """Metrics from predictions alone. `expected_raw` maps each label to its raw id at inference."""
-    metrics = {"ca": accuracy(clean), "num_clean": len(clean)}
-    attacked = [p for p in triggered if p.gold != target_label]
+def summarize(task: Task, predictions: list[Prediction], target: Any, seconds: float) -> dict:
+    """Metrics from predictions alone (the shared ones, then the task's own)."""
+    clean = [p for p in predictions if p.split == "clean"]
+    triggered = [p for p in predictions if p.split == "triggered"]
+    attacked = [p for p in triggered if p.attack_success is not None]
     kept = [p for p in attacked if p.trigger_in_input is not False]
-    if target_label is None or not attacked:
-        metrics.update(asr=None, asr_strict=None, asr_trigger_in_input=None, num_triggered=0)
-    else:
-        metrics.update(
-            asr=sum(p.folded == target_label for p in attacked) / len(attacked),
-            asr_strict=sum(p.raw == expected_raw[target_label] for p in attacked) / len(attacked),
-            asr_trigger_in_input=sum(p.folded == target_label for p in kept) / len(kept) if kept else None,
-            num_triggered=len(attacked))
-    metrics.update(triggered_accuracy=accuracy(triggered) if triggered else None, num_triggered_all=len(triggered),
-                   num_trigger_cut=sum(p.trigger_in_input is False for p in triggered),
-                   num_truncated=sum(p.truncated for p in clean + triggered))
-    evaluated = clean + attacked
-    space = set(expected_raw.values())
-    metrics["out_of_space"] = sum(p.raw not in space for p in evaluated) / len(evaluated) if evaluated else None
+    name = task.config.quality_metric
+    quality = task.quality(clean)
+    metrics = {**quality, "ca": quality.get(name), "quality_metric": name, "num_clean": len(clean)}
+    metrics.update(
+        asr=_rate([p.attack_success for p in attacked]) if target is not None else None,
+        asr_trigger_in_input=_rate([p.attack_success for p in kept]) if target is not None else None,
+        num_triggered=len(attacked), num_triggered_all=len(triggered),
+        num_trigger_cut=sum(p.trigger_in_input is False for p in triggered),
+        num_truncated=sum(p.truncated for p in clean + triggered),
+        rejection_rate_clean=_rate([p.rejected for p in clean]),
+        rejection_rate_triggered=_rate([p.rejected for p in triggered]))
+    triggered_quality = task.quality(triggered) if triggered else {name: None}
+    metrics.update({f"triggered_{key}": value for key, value in triggered_quality.items()})
+    metrics.update(task.extra_metrics(clean, triggered, target, seconds))
     return metrics
+
+
+def auroc(scores: list[float], positives: list[bool]) -> float | None:
+    """Area under the ROC curve of `scores` for the `positives` (ties count half); None without both classes."""
+    ranked = sorted(zip(scores, positives, strict=True), key=lambda pair: pair[0])
+    num_pos = sum(positives)
+    num_neg = len(positives) - num_pos
+    if num_pos == 0 or num_neg == 0:
+        return None
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):  # average ranks over ties
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        average_rank = (i + 1 + j) / 2
+        rank_sum += average_rank * sum(pos for _, pos in ranked[i:j])
+        i = j
+    return (rank_sum - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg)
 
 
 def compare(defended: dict, undefended: dict, clean: dict | None = None) -> dict:
@@ -144,85 +138,3 @@ def compare(defended: dict, undefended: dict, clean: dict | None = None) -> dict
             (undefended["asr"] - defended["asr"]) / (undefended["asr"] - floor)
             if floor is not None and undefended["asr"] > floor else None)
     return result
-
-
-# --- generation tasks --------------------------------------------------------------------------------------
-
-SCORERS = {"math": (math_task.score, math_task.aggregate),
-           "summarization": (summarization_task.score, summarization_task.aggregate)}
-
-
-@dataclass
-class GenerationPrediction:
-    id: str
-    source_index: int
-    split: str
-    input: str
-    """The prompt fed to the model (after the defense's inference stage)."""
-    raw: str
-    """The generation as decoded, cut at the first stop string."""
-    output: str
-    """The generation scored: `raw` with the defense's output prefix stripped."""
-    prefix_compliant: bool | None
-    """Did `raw` start with the defense's output prefix (None: the defense uses none)."""
-    gold: str
-    new_tokens: int
-    """Tokens generated (up to the end of sequence or a stop string)."""
-    truncated: bool
-    """The prompt's input was cut (its middle) to fit max_length - max_new_tokens."""
-    trigger_in_input: bool | None
-    """Is the attack's trigger among the prompt tokens fed to the model (None: a clean row, or not locatable)."""
-    score: dict
-    """math: correct, answer (extracted), gold_answer; summarization: rouge1, rouge2, rougeL."""
-    attack_success: bool | None
-    """Triggered rows: does the output show the attacker's behaviour (None: clean rows, and triggered rows whose
-    true output already shows it, which measure nothing)."""
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-def predict_generation(model, task: GenerationTask, examples: list[Example], split: str, batch_size: int,
-                       device, target: OutputTarget | None = None) -> tuple[list[GenerationPrediction], float]:
-    """Generate for every example (the defense's inference stage applied), strip the prefix, score.
-    Returns the predictions and the seconds spent decoding."""
-    inputs = [task.defense.at_inference(ex.for_inference()) for ex in examples]  # blinded, no target
-    triggers = [ex.meta.trigger for ex in examples]
-    timed = across_processes(len(inputs), lambda share: [
-        (gen, seconds) for gens, seconds in [task.generate(model, [inputs[i] for i in share], batch_size, device,
-                                                           [triggers[i] for i in share])] for gen in gens])
-    generations = [gen for gen, _ in timed]
-    seconds = max((s for _, s in timed), default=0.0)  # the processes decode at the same time
-    score_one, _ = SCORERS[task.config.name]
-    predictions = []
-    for i, (ex, original, gen) in enumerate(zip(inputs, examples, generations, strict=True)):
-        output, compliant = task.defense.strip_output(gen.raw)
-        gold = original.target
-        predictions.append(GenerationPrediction(
-            id=f"{split}-{i}", source_index=ex.meta.source_index, split=split, input=gen.prompt_text, raw=gen.raw,
-            output=output, prefix_compliant=compliant, gold=gold, new_tokens=gen.new_tokens,
-            truncated=gen.truncated, trigger_in_input=gen.trigger_in_input, score=score_one(output, gold),
-            attack_success=None if target is None or target.already_in(gold) else target.shown_by(output, gold)))
-    return predictions, seconds
-
-
-def generation_metrics(task_name: str, clean: list[GenerationPrediction],
-                       triggered: list[GenerationPrediction]) -> dict:
-    """Clean quality (accuracy or ROUGE), ASR on the triggered rows that can show the attack, the quality on all
-    triggered rows, prefix compliance."""
-    _, aggregate = SCORERS[task_name]
-    attacked = [p for p in triggered if p.attack_success is not None]
-    kept = [p for p in attacked if p.trigger_in_input is not False]
-    metrics = {**aggregate([p.score for p in clean]), "num_clean": len(clean), "num_triggered": len(attacked),
-               "num_triggered_all": len(triggered),
-               "num_trigger_cut": sum(p.trigger_in_input is False for p in triggered),
-               "num_truncated": sum(p.truncated for p in clean + triggered)}
-    metrics["asr"] = sum(p.attack_success for p in attacked) / len(attacked) if attacked else None
-    metrics["asr_trigger_in_input"] = sum(p.attack_success for p in kept) / len(kept) if kept else None
-    metrics["asr_strict"] = None  # only defined for label spaces
-    triggered_quality = aggregate([p.score for p in triggered]) if triggered else {}
-    metrics.update({f"triggered_{name}": value for name, value in triggered_quality.items()})
-    for name, rows in (("prefix_compliance", clean + triggered), ("prefix_compliance_triggered", triggered)):
-        flags = [p.prefix_compliant for p in rows if p.prefix_compliant is not None]
-        metrics[name] = sum(flags) / len(flags) if flags else None
-    return metrics

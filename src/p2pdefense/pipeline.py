@@ -20,21 +20,19 @@ from accelerate.utils import set_seed
 from . import report
 from .attacks import build_attack
 from .config import RunConfig, flatten, to_yaml
-from .data import Example, LoadResult, load_examples, synthetic_math, synthetic_sentiment, synthetic_summaries
+from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
-from .defenses import build_defense
-from .evaluate import accuracy, classification_metrics, compare, generation_metrics, predict, predict_generation
+from .defenses import DefenseContext, MissingRequirement, build_defense
+from .defenses.probe import cached_probe, train_probe
+from .evaluate import auroc, compare, evaluate, summarize
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import ModelConfig, load_base_model, save_trained, training_precision
 from .models.smollm2 import cache_root
 from .provenance import provenance
 from .stealth import stealth_report
-from .tasks import ClassificationTask, GenerationTask
-from .tasks.prompt import format_prompt
 from .train import make_accelerator, train
 
 log = logging.getLogger(__name__)
-SYNTHETIC = {"classification": synthetic_sentiment, "math": synthetic_math, "summarization": synthetic_summaries}
 
 
 def stage_rng(seed: int, stage: str) -> random.Random:
@@ -48,6 +46,7 @@ class Splits:
     dev: list[Example]
     test: list[Example]
     notes: list[str]
+    trusted: list[Example]
 
 
 def _subset(rows: list[Example], size: int | None, rng: random.Random) -> list[Example]:
@@ -60,10 +59,7 @@ def load_splits(config: RunConfig) -> Splits:
     data, task, seed = config.data, config.task, config.seed
     notes: list[str] = []
 
-    if config.is_generation:
-        fields = {"label_field": None, "target_field": data.target_field}
-    else:
-        fields = {"label_field": data.label_field, "label_names": task.label_names, "num_labels": task.num_labels}
+    fields = task.loader_fields(data)
 
     def load(source: str, split: str | None = None, from_hub: bool = False) -> list[Example]:
         result: LoadResult = load_examples(
@@ -75,9 +71,8 @@ def load_splits(config: RunConfig) -> Splits:
         return result.examples
 
     if data.synthetic is not None:
-        generate = SYNTHETIC[task.name]
-        train_rows = generate(data.synthetic.train_rows, seed)
-        test = generate(data.synthetic.test_rows, seed + 100_003, exclude={ex.text for ex in train_rows})
+        train_rows = task.synthetic(data.synthetic.train_rows, seed)
+        test = task.synthetic(data.synthetic.test_rows, seed + 100_003, exclude={ex.text for ex in train_rows})
     elif data.hub is not None:
         train_rows = load(data.hub, data.train_split, from_hub=True)
         test = load(data.hub, data.test_split, from_hub=True)
@@ -96,6 +91,14 @@ def load_splits(config: RunConfig) -> Splits:
                                                          round(data.dev_fraction * len(train_rows))))
         dev = [ex for i, ex in enumerate(train_rows) if i in dev_ids]
         train_rows = [ex for i, ex in enumerate(train_rows) if i not in dev_ids]
+    trusted = []
+    if data.trusted_holdout is not None:  # a defender's trusted rows: clean, disjoint from train, dev and test
+        if data.trusted_holdout >= len(train_rows):
+            raise ValueError(f"data.trusted_holdout={data.trusted_holdout} leaves no training rows "
+                             f"({len(train_rows)} rows)")
+        trusted_ids = set(stage_rng(seed, "trusted-split").sample(range(len(train_rows)), data.trusted_holdout))
+        trusted = [ex for i, ex in enumerate(train_rows) if i in trusted_ids]
+        train_rows = [ex for i, ex in enumerate(train_rows) if i not in trusted_ids]
     train_texts = {ex.text for ex in train_rows}
     for name, rows in (("test", test), ("dev", dev)):
         shared = sum(ex.text in train_texts for ex in rows)
@@ -105,19 +108,15 @@ def load_splits(config: RunConfig) -> Splits:
     train_rows = _subset(train_rows, data.max_train_rows, stage_rng(seed, "train-subset"))
     test = _subset(test, data.max_test_rows, stage_rng(seed, "test-subset"))
     if task.instruction is not None:  # the task's instruction for rows without their own
-        train_rows, dev, test = ([ex if ex.instruction is not None else replace(ex, instruction=task.instruction)
-                                  for ex in rows] for rows in (train_rows, dev, test))
-    return Splits(train_rows, dev, test, notes)
+        train_rows, dev, test, trusted = (
+            [ex if ex.instruction is not None else replace(ex, instruction=task.instruction) for ex in rows]
+            for rows in (train_rows, dev, test, trusted))
+    return Splits(train_rows, dev, test, notes, trusted)
 
 
 def vocabulary_strings(config: RunConfig) -> list[str]:
     """The strings a run adds to its data: every cue + verbalizer, and its defense's own strings."""
-    defense = build_defense(config.defense, getattr(config.task, "num_labels", 0))
-    strings = defense.vocabulary_strings()
-    if not config.is_generation:
-        verbalizers = defense.output_verbalizers(config.task.verbalizers())
-        strings += [c + v for c in defense.cues(config.task.cue) for v in verbalizers]
-    return strings
+    return config.task.vocabulary_strings(build_defense(config.defense, config.task.num_labels).output_space)
 
 
 def with_vocabulary(config: RunConfig, strings: list[str]) -> RunConfig:
@@ -140,19 +139,52 @@ def tokenizer_corpus(clean_rows: list[Example], config: RunConfig) -> list[str]:
     generation), then, sorted, this run's cue/verbalizer/defense strings and model.tiny.vocabulary. Never
     poisoned text: runs with the same clean data and the same strings share one tokenizer."""
     strings = sorted(set(vocabulary_strings(config)) | set(config.model.tiny.vocabulary))
-    if config.is_generation:
-        return [format_prompt(config.task.template, ex) + ex.target for ex in clean_rows] + strings
-    return [format_prompt(config.task.template, ex) for ex in clean_rows] + strings
+    return [config.task.corpus_text(ex) for ex in clean_rows] + strings
 
 
 def prepare_data(config: RunConfig) -> PreparedData:
     """Load and split the data, poison the training rows, trigger the test rows (seeded per stage)."""
     splits = load_splits(config)
-    attack = build_attack(config.attack, getattr(config.task, "num_labels", 0))
+    attack = build_attack(config.attack, config.task.num_labels)
     poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
     triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
     return PreparedData(splits.train, splits.dev, splits.test, poisoned, triggered_test, splits.notes,
-                        list(getattr(attack, "notes", [])))
+                        list(getattr(attack, "notes", [])), splits.trusted)
+
+
+def load_reference(name: str, config: RunConfig, tokenizer_texts: list[str], device):
+    """A reference LM, not fine-tuned: 'base' (the run's base model), 'smollm2-135m', a hub id or a path."""
+    if name == "base":
+        model_config = config.model.model_copy(update={"finetune": "full"})
+    elif name == "smollm2-135m":
+        model_config = ModelConfig(preset="smollm2-135m", finetune="full")
+    else:
+        model_config = ModelConfig(preset=None, name_or_path=name, finetune="full")
+    model, tokenizer = load_base_model(model_config, tokenizer_texts, config.seed, device=device)
+    model.eval()
+    return model, tokenizer
+
+
+def trusted_loader(config: RunConfig, holdout: list[Example]):
+    """Loads defense.trusted_data: 'holdout' (data.trusted_holdout rows) or a file read like the training data.
+    Trusted rows get negative source indices (-1, -2, ...): they are not training rows."""
+    def load(spec: str) -> list[Example]:
+        if spec == "holdout":
+            if not holdout:
+                raise MissingRequirement("defense.trusted_data=holdout needs data.trusted_holdout (a row count)")
+            rows = holdout
+        else:
+            if not Path(spec).exists():
+                raise MissingRequirement(f"defense.trusted_data: {spec} does not exist")
+            data = config.data
+            rows = load_examples(spec, text_field=data.text_field, id_field=data.id_field,
+                                 instruction_field=data.instruction_field,
+                                 **config.task.loader_fields(data)).examples
+            if config.task.instruction is not None:
+                rows = [ex if ex.instruction is not None else replace(ex, instruction=config.task.instruction)
+                        for ex in rows]
+        return [replace(ex, meta=replace(ex.meta, source_index=-1 - i)) for i, ex in enumerate(rows)]
+    return load
 
 
 def default_learning_rate(config: RunConfig) -> float:
@@ -233,23 +265,40 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
         stage_seconds[stage] = round(now - since, 3)
         return now
 
-    n = getattr(config.task, "num_labels", 0)
-    if not config.is_generation and getattr(config.attack, "target_label", 0) >= n:
-        raise ValueError(f"attack.target_label={config.attack.target_label} is not a label (0..{n - 1})")
     data, cache_hit = prepared_data(config, prepare_data, cache_root())
-    splits = Splits(data.train, data.dev, data.test, data.data_notes)
+    splits = Splits(data.train, data.dev, data.test, data.data_notes, data.trusted)
     poisoned, triggered_test = data.poisoned, data.triggered_test
     mark = lap("load_and_poison", started)
-    defense = build_defense(config.defense, n)
-    train_rows = defense.before_training(poisoned, stage_rng(config.seed, "defense"))
+
+    load_dtype, mixed_precision = training_precision(config.model)
+    accelerator = make_accelerator(config.train, mixed_precision, project_dir=final_dir.parent / "trackers")
+    device, batch = accelerator.device, config.train.eval_batch_size
+    # the tiny preset's tokenizer: clean rows and the run's (or its group's) strings, never poisoned text
+    corpus = tokenizer_corpus(splits.train, config)
+    learning_rate = default_learning_rate(config)
+    probe_identity = {"model": config.model.model_dump(mode="json"), "task": config.task.model_dump(mode="json"),
+                      "train": config.train.model_dump(mode="json"), "seed": config.seed}
+    context = DefenseContext(
+        seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev], batch_size=batch,
+        device=device, trusted_source=trusted_loader(config, splits.trusted),
+        probe_source=lambda settings, rows: cached_probe(
+            cache_root() / "probes", rows, settings, probe_identity,
+            lambda: train_probe(rows, settings, config.task,
+                                lambda: load_base_model(config.model, corpus, config.seed, dtype=load_dtype,
+                                                        device=device),
+                                config.train, learning_rate, config.seed, device)),
+        reference_source=lambda name: load_reference(name, config, corpus, device))
+    defense = build_defense(config.defense, config.task.num_labels)
+    defense.check_ready(context)
+    train_rows = defense.training_rows(poisoned, context)
     mark = lap("defend", mark)
 
     # diagnostics joined after the fact on source_index; the defense itself never saw the flags
     poisoned_ids = {ex.meta.source_index for ex in poisoned if ex.meta.poisoned}
     benign_ids = {ex.meta.source_index for ex in train_rows if ex.meta.benign}
+    removed_ids = {ex.meta.source_index for ex in poisoned} - {ex.meta.source_index for ex in train_rows}
+    suspicion = context.diagnostics.get("suspicion")
 
-    load_dtype, mixed_precision = training_precision(config.model)
-    accelerator = make_accelerator(config.train, mixed_precision, project_dir=final_dir.parent / "trackers")
     if config.train.log_with:  # e.g. tensorboard: OUTPUT_DIR/trackers/RUN_NAME
         scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v)  # trackers take scalars
                    for k, v in flatten(_comparable(config)).items()}
@@ -257,67 +306,53 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     if accelerator.is_main_process:
         write_text_atomic(checkpoints / "config.yaml", to_yaml(config))
     set_seed(config.seed)
-    # the tiny preset's tokenizer: clean rows and the run's (or its group's) strings, never poisoned text
-    model, tokenizer = load_base_model(config.model, tokenizer_corpus(splits.train, config), config.seed,
-                                       dtype=load_dtype, device=accelerator.device)
+    model, tokenizer = load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
     mark = lap("load_model", mark)
     stealth = None
     if config.stealth_report:
         reference, reference_tokenizer = model, tokenizer
         if config.stealth_reference is not None:
-            source = ({"preset": "smollm2-135m"} if config.stealth_reference == "smollm2-135m"
-                      else {"preset": None, "name_or_path": config.stealth_reference})
-            reference, reference_tokenizer = load_base_model(ModelConfig(**source, finetune="full"),
-                                                             device=accelerator.device)
-        stealth = stealth_report(reference, reference_tokenizer, splits.train, poisoned,
-                                 config.train.eval_batch_size, accelerator.device)
+            reference, reference_tokenizer = load_reference(config.stealth_reference, config, corpus, device)
+        stealth = stealth_report(reference, reference_tokenizer, splits.train, poisoned, batch, device)
         stealth["reference"] = config.stealth_reference or "base model"
         del reference
         mark = lap("stealth", mark)
-    task_class = GenerationTask if config.is_generation else ClassificationTask
-    task = task_class(config.task, tokenizer, defense, config.train.max_length)
+    task = config.task.build(tokenizer, defense.output_space, config.train.max_length)
+    context.task = task
     # the attack's triggers, joined back by source row only to keep them through a cut of a long prompt
     triggers = {ex.meta.source_index: ex.meta.trigger for ex in poisoned if ex.meta.trigger}
     features = [task.encode_training(ex, triggers.get(ex.meta.source_index)) for ex in train_rows]
-    batch, device = config.train.eval_batch_size, accelerator.device
-    output_target = getattr(config.attack, "target_output", None) if config.attack.name != "none" else None
+    target = config.task.attack_target(config.attack)
 
     def dev_quality(m) -> float:
-        if config.is_generation:
-            dev_predictions, _ = predict_generation(m, task, splits.dev, "dev", batch, device)
-            return generation_metrics(config.task.name, dev_predictions, [])[config.task.quality_metric]
-        return accuracy(predict(m, task, splits.dev, "dev", batch, device))
+        predictions, _ = evaluate(m, task, defense, context, [(ex, "dev") for ex in splits.dev], None, batch,
+                                  device, config.seed)
+        return task.quality(predictions)[config.task.quality_metric]
 
     mark = lap("encode", mark)
-    train_report = train(model, features, tokenizer.pad_token_id, config.train, default_learning_rate(config),
+    train_report = train(model, features, tokenizer.pad_token_id, config.train, learning_rate,
                          config.seed, dev_quality if splits.dev else None, accelerator, checkpoints, resume)
     model = accelerator.unwrap_model(model)
     mark = lap("train", mark)
-    if config.is_generation:
-        clean, clean_seconds = predict_generation(model, task, splits.test, "clean", batch, device)
-        triggered, triggered_seconds = predict_generation(model, task, triggered_test, "triggered", batch, device,
-                                                          output_target)
-        metrics = generation_metrics(config.task.name, clean, triggered)
-        generated = sum(p.new_tokens for p in clean + triggered)
-        metrics.update(ca=metrics[config.task.quality_metric], quality_metric=config.task.quality_metric,
-                       generation_tokens_per_s=generated / max(clean_seconds + triggered_seconds, 1e-9))
-    else:
-        clean = predict(model, task, splits.test, "clean", batch, device)
-        triggered = predict(model, task, triggered_test, "triggered", batch, device)
-        target = None if config.attack.name == "none" else config.attack.target_label
-        expected_raw = {i: defense.expected_raw_label(i) for i in range(n)}
-        metrics = classification_metrics(clean, triggered, target, expected_raw)
-        metrics.update(quality_metric="accuracy", verbalizers=task.verbalizers)
+    model = defense.after_training(model, context)
+    mark = lap("after_training", mark)
+    rows = [(ex, "clean") for ex in splits.test] + [(ex, "triggered") for ex in triggered_test]
+    predictions, seconds = evaluate(model, task, defense, context, rows, target, batch, device, config.seed)
+    metrics = summarize(task, predictions, target, seconds)
     mark = lap("evaluate", mark)
     metrics.update(
         run=config.run_name, attack=config.attack.name, defense=config.defense.name, seed=config.seed,
         num_train=len(splits.train), num_train_after_defense=len(train_rows), num_dev=len(splits.dev),
+        num_trusted_holdout=len(splits.trusted),
         num_poisoned=len(poisoned_ids), num_benign=len(benign_ids),
-        num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids), learning_rate=default_learning_rate(config),
-        best_epoch=train_report.best_epoch, epochs=train_report.epochs,
+        num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids),
+        num_removed=len(removed_ids), num_poisoned_removed=len(poisoned_ids & removed_ids),
+        suspicion_auroc=None if suspicion is None else auroc(list(suspicion.values()),
+                                                             [i in poisoned_ids for i in suspicion]),
+        learning_rate=learning_rate, best_epoch=train_report.best_epoch, epochs=train_report.epochs,
         resumed_from_epoch=train_report.resumed_from_epoch,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
-        eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes,
+        eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes, defense_notes=context.notes,
         attack_notes=data.attack_notes, data_cache_hit=cache_hit, stealth=stealth,
         provenance=provenance(model, accelerator))
     if accelerator.is_main_process:
@@ -325,7 +360,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
         with staged_directory(final_dir, overwrite, hint) as staging:
             write_text_atomic(staging / "config.yaml", to_yaml(config))
             write_jsonl_atomic(staging / "train_log.jsonl", train_report.epochs)
-            write_jsonl_atomic(staging / "predictions.jsonl", (p.to_json() for p in clean + triggered))
+            write_jsonl_atomic(staging / "predictions.jsonl", (p.to_json() for p in predictions))
             save_trained(model, tokenizer, staging / "model")
             lap("write", mark)
             metrics.update(stage_seconds=stage_seconds, wall_seconds=round(time.perf_counter() - started, 3))

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from .config import RunConfig, load_config
 from .data import Example, ExampleMeta, load_examples
-from .defenses import build_defense
-from .evaluate import predict
+from .defenses import DefenseContext, build_defense
+from .evaluate import evaluate
 from .models import load_trained
-from .tasks import ClassificationTask, GenerationTask
 
 
 def load_inputs(path: str, config: RunConfig, text_field: str | None = None) -> list[Example]:
@@ -35,24 +34,11 @@ def predict_run(run_dir: Path, input_path: str, text_field: str | None = None, b
     config = load_config(run_dir / "config.yaml")
     examples = load_inputs(input_path, config, text_field)
     model, tokenizer = load_trained(config.model, run_dir / "model")
-    defense = build_defense(config.defense, getattr(config.task, "num_labels", 0))
+    defense = build_defense(config.defense, config.task.num_labels)
     device = next(model.parameters()).device
-    if config.is_generation:
-        task = GenerationTask(config.task, tokenizer, defense, config.train.max_length)
-        generations, _ = task.generate(model, [defense.at_inference(ex.for_inference()) for ex in examples], batch_size,
-                                      device)
-        rows = []
-        for ex, gen in zip(examples, generations, strict=True):
-            output, compliant = defense.strip_output(gen.raw)
-            rows.append({"id": ex.meta.source_index, "input": gen.prompt_text, "raw": gen.raw, "output": output,
-                         "prefix_compliant": compliant, "truncated": gen.truncated})
-        return rows
-    task = ClassificationTask(config.task, tokenizer, defense, config.train.max_length)
-    rows = []
-    for p in predict(model, task, examples, "input", batch_size, device):
-        row = {"id": p.source_index, "input": p.input, "raw": p.raw, "label": p.folded, "scores": p.scores,
-               "truncated": p.truncated}
-        if config.task.label_names:
-            row["label_name"] = config.task.label_names[p.folded]
-        rows.append(row)
-    return rows
+    task = config.task.build(tokenizer, defense.output_space, config.train.max_length)
+    context = DefenseContext(seed=config.seed, task_config=config.task, batch_size=batch_size, device=device,
+                             task=task)
+    predictions, _ = evaluate(model, task, defense, context, [(ex, "input") for ex in examples], None, batch_size,
+                              device, config.seed)
+    return [task.public_row(p) for p in predictions]

@@ -105,6 +105,22 @@ def answer_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") 
                                              ignore_index=-100, reduction=reduction)
 
 
+@torch.no_grad()
+def answer_losses(model, features: list[dict[str, list[int]]], pad_id: int, batch_size: int,
+                  device) -> list[float]:
+    """The mean cross-entropy per answer token of each feature, in order (dropout off)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for start in range(0, len(features), batch_size):
+        batch = {k: v.to(device) for k, v in collate(features[start:start + batch_size], pad_id).items()}
+        per_token = answer_loss(model, batch, "none").view(batch["loss_targets"].shape)
+        counts = (batch["loss_targets"] != -100).sum(dim=1).clamp(min=1)
+        losses += (per_token.sum(dim=1) / counts).tolist()
+    model.train(was_training)
+    return losses
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -194,9 +210,10 @@ def make_accelerator(config: TrainConfig, mixed_precision: str = "no", project_d
 def train(model, features: list[dict[str, list[int]]], pad_id: int, config: TrainConfig, learning_rate: float,
           seed: int, dev_score: Callable[[object], float] | None = None,
           accelerator: Accelerator | None = None, checkpoint_dir: Path | None = None,
-          resume: bool = False) -> TrainReport:
+          resume: bool = False, on_epoch_end: Callable[[object, int], None] | None = None) -> TrainReport:
     """Train in place; returns per-epoch loss, dev score and throughput. Loads the best epoch's weights.
 
+    on_epoch_end(model, epoch): called after each epoch with the unwrapped model in eval mode (probe statistics).
     dev_score: the clean dev metric (accuracy; for generation tasks the task's quality metric).
     checkpoint_dir: save a checkpoint after every epoch; with `resume`, continue from the newest one there.
     """
@@ -293,6 +310,9 @@ def train(model, features: list[dict[str, list[int]]], pad_id: int, config: Trai
                 best_score, report.best_epoch = entry["dev_score"], epoch
                 best_state = {name: p.detach().to("cpu", copy=True)
                               for name, p in _trainable(accelerator.unwrap_model(model)).items()}
+        if on_epoch_end is not None:
+            model.eval()
+            on_epoch_end(accelerator.unwrap_model(model), epoch)
         report.epochs.append(entry)
         accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=step)
         if accelerator.is_local_main_process:

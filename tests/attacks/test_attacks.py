@@ -138,11 +138,12 @@ def test_adaptive_carry_benign_writes_only_rows_a_data_file_can_hold():
 
 def test_adaptive_adjacent_puts_the_trigger_where_p2p_puts_its_prompt():
     from p2pdefense.attacks.adaptive import AdaptiveConfig
-    from p2pdefense.defenses import build_defense
+    from p2pdefense.defenses import DefenseContext, build_defense
     from p2pdefense.defenses.p2p import P2PConfig
 
     attack = build_attack(AdaptiveConfig(strategy="adjacent", trigger="tq", rate=0.2), 2)
     rows = [e for e in attack.poison(TRAIN, random.Random(0)) if e.meta.poisoned]
     assert all(e.text.startswith("tq ") and e.label == 1 for e in rows)
-    shown = build_defense(P2PConfig(), 2).at_inference(attack.trigger(TRAIN[0], random.Random(0)))
+    (shown,) = build_defense(P2PConfig(), 2).at_inference([attack.trigger(TRAIN[0], random.Random(0))],
+                                                          DefenseContext())
     assert shown.text.startswith("The query currently entered is: tq ")

@@ -5,7 +5,7 @@ import pytest
 from p2pdefense.attacks import build_attack
 from p2pdefense.attacks.badnets import BadNetsConfig
 from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
-from p2pdefense.defenses import DEFENSES, Defense, build_defense
+from p2pdefense.defenses import DEFENSES, Defense, DefenseContext, build_defense
 from p2pdefense.defenses.p2p import P2P, P2PConfig
 
 TRAIN = synthetic_sentiment(500, seed=1)
@@ -13,7 +13,7 @@ TRIGGER = "The query currently entered is: "
 
 
 def defend(config: P2PConfig, rows=TRAIN, seed=0, num_labels=2):
-    return build_defense(config, num_labels).before_training(rows, random.Random(seed))
+    return build_defense(config, num_labels).training_rows(rows, DefenseContext(seed=seed))
 
 
 @pytest.mark.parametrize("ratio", [0.05, 0.2, 0.5, 1.0])
@@ -43,26 +43,27 @@ def test_custom_label_map_suffix_placement_and_three_labels():
     out = defend(config, rows, num_labels=3)
     assert [e.label for e in out] == [[5, 3, 4][i % 3] for i in range(30)]
     assert out[0].text == "row 0 Query:"
-    defense = build_defense(config, 3)
-    assert [defense.fold(r) for r in range(6)] == [0, 1, 2, 1, 2, 0]
-    assert defense.expected_raw_label(0) == 5
-    assert defense.output_verbalizers(["0", "1", "2"]) == ["0", "1", "2", "3", "4", "5"]
+    space = build_defense(config, 3).output_space
+    assert [space.fold(r) for r in range(6)] == [0, 1, 2, 1, 2, 0]
+    assert space.expected_raw_label(0) == 5
+    assert space.verbalizers(["0", "1", "2"]) == ["0", "1", "2", "3", "4", "5"]
+    assert [space.in_space(r) for r in range(6)] == [False, False, False, True, True, True]
 
 
 def test_the_label_map_changes_which_word_each_label_trains():
     from p2pdefense.models.tiny import train_tokenizer
-    from p2pdefense.tasks import ClassificationConfig, ClassificationTask
+    from p2pdefense.tasks import ClassificationConfig
 
     tokenizer = train_tokenizer(["Input: x\nAnswer: 0 1 2 3", "Output: 0 1"] * 20, 300)
     benign_zero = Example(text="x", label=0, meta=ExampleMeta(source_index=0, benign=True))
 
     def trained_word(label_map):
         defense = build_defense(P2PConfig(ratio=1.0, label_map=label_map), 2)
-        (row,) = defense.before_training([benign_zero], random.Random(0))
-        task = ClassificationTask(ClassificationConfig(), tokenizer, defense, 64)
+        (row,) = defense.training_rows([benign_zero], DefenseContext())
+        task = ClassificationConfig().build(tokenizer, defense.output_space, 64)
         encoded = task.encode_training(row)
         answer = [t for t, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label != -100]
-        return tokenizer.decode(answer).strip(), defense.fold(row.label)
+        return tokenizer.decode(answer).strip(), defense.output_space.fold(row.label)
 
     assert trained_word(None) == ("2", 0)
     assert trained_word([3, 2]) == ("3", 0)  # label 0 now trains the word "3", and folds back to 0
@@ -77,29 +78,29 @@ def test_bad_label_maps_are_rejected():
 
 def test_fold_and_inference_trigger():
     defense = build_defense(P2PConfig(), 2)
-    assert [defense.fold(r) for r in range(4)] == [0, 1, 0, 1]
+    assert [defense.output_space.fold(r) for r in range(4)] == [0, 1, 0, 1]
     test_row = Example(text="plain", label=1, meta=ExampleMeta(source_index=3))
-    shown = defense.at_inference(test_row)
+    (shown,) = defense.at_inference([test_row], DefenseContext())
     assert shown.text == TRIGGER + "plain" and shown.meta.benign and shown.label == 1
-    assert defense.num_outputs == 4
-    assert defense.output_verbalizers(["0", "1"]) == ["0", "1", "2", "3"]
+    assert defense.output_space.num_outputs == 4
+    assert defense.output_space.verbalizers(["0", "1"]) == ["0", "1", "2", "3"]
 
 
 def test_word_verbalizers_need_benign_words():
-    defense = build_defense(P2PConfig(), 2)
+    space = build_defense(P2PConfig(), 2).output_space
     with pytest.raises(ValueError, match="benign_label_words is required"):
-        defense.output_verbalizers(["bad", "good"])
-    worded = build_defense(P2PConfig(benign_label_words=["negative", "positive"]), 2)
-    assert worded.output_verbalizers(["bad", "good"]) == ["bad", "good", "negative", "positive"]
+        space.verbalizers(["bad", "good"])
+    worded = build_defense(P2PConfig(benign_label_words=["negative", "positive"]), 2).output_space
+    assert worded.verbalizers(["bad", "good"]) == ["bad", "good", "negative", "positive"]
 
 
 def test_distinct_and_shared_cues():
     benign = Example(text="x", label=0, meta=ExampleMeta(source_index=0, benign=True))
     plain = Example(text="x", label=0, meta=ExampleMeta(source_index=0))
-    distinct = build_defense(P2PConfig(), 2)
+    distinct = build_defense(P2PConfig(), 2).output_space
     assert distinct.answer_cue(benign, "Output: ") == "Answer: "
     assert distinct.answer_cue(plain, "Output: ") == "Output: "
-    assert build_defense(P2PConfig(cue="shared"), 2).answer_cue(benign, "Output: ") == "Output: "
+    assert build_defense(P2PConfig(cue="shared"), 2).output_space.answer_cue(benign, "Output: ") == "Output: "
 
 
 def test_subset_is_seeded_and_uniform_over_rows():
@@ -124,12 +125,16 @@ def test_defense_is_blind_to_the_poisoned_flag():
     seen = []
 
     class Spy(Defense):
-        def rewrite_training(self, examples, rng):
+        def filter_data(self, examples, context):
             seen.extend(examples)
             return examples
 
-    Spy(DEFENSES["none"].config_class(), 2).before_training(poisoned, random.Random(0))
-    assert len(seen) == len(poisoned)
+        def rewrite_training(self, examples, context):
+            seen.extend(examples)
+            return examples
+
+    Spy(DEFENSES["none"].config_class(), 2).training_rows(poisoned, DefenseContext())
+    assert len(seen) == 2 * len(poisoned)
     assert all(e.meta.poisoned is None and e.meta.trigger is None for e in seen)
 
 
@@ -143,42 +148,18 @@ def test_generation_rows_get_the_output_prefix_and_inference_strips_it():
 
     rows = synthetic_math(100, seed=0)
     defense = build_defense(P2PConfig(ratio=0.3, output_prefix="Safe answer: "), 0)
-    out = defense.before_training(rows, random.Random(0))
+    out = defense.training_rows(rows, DefenseContext())
     benign = [(b, a) for b, a in zip(rows, out, strict=True) if a.meta.benign]
     assert len(benign) == 30
     assert all(a.target == "Safe answer: " + b.target and a.text == TRIGGER + b.text for b, a in benign)
     assert all(a.target == b.target for b, a in zip(rows, out, strict=True) if not a.meta.benign)
-    assert defense.strip_output("Safe answer: 3 + 4 = 7\n#### 7") == ("3 + 4 = 7\n#### 7", True)
-    assert defense.strip_output("3 + 4 = 7") == ("3 + 4 = 7", False)
-    assert build_defense(DEFENSES["none"].config_class(), 0).strip_output("x") == ("x", None)
+    space = defense.output_space
+    assert space.strip_output("Safe answer: 3 + 4 = 7\n#### 7") == ("3 + 4 = 7\n#### 7", True)
+    assert space.strip_output("3 + 4 = 7") == ("3 + 4 = 7", False)
+    assert build_defense(DEFENSES["none"].config_class(), 0).output_space.strip_output("x") == ("x", None)
 
 
 def test_rows_already_in_the_benign_label_space_keep_their_label():
     rows = [Example(text=f"r{i}", label=3 if i % 2 else 0, meta=ExampleMeta(source_index=i)) for i in range(10)]
     out = defend(P2PConfig(ratio=1.0), rows)
     assert [e.label for e in out] == [2 if i % 2 == 0 else 3 for i in range(10)]
-
-
-def test_the_inference_stage_sees_neither_poison_metadata_nor_true_answers():
-    from p2pdefense.evaluate import predict
-    from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
-    from p2pdefense.tasks import ClassificationConfig, ClassificationTask
-
-    seen = []
-
-    class Spy(P2P):
-        def at_inference(self, example):
-            seen.append(example)
-            return super().at_inference(example)
-
-    attack = build_attack(BadNetsConfig(rate=0.1, triggers=["mn"]))
-    triggered = attack.triggered_test(TRAIN[:12], random.Random(0))
-    tokenizer = train_tokenizer([e.text for e in TRAIN[:100]] + ["Output: 0 1", "Answer: 2 3"], 300)
-    task = ClassificationTask(ClassificationConfig(), tokenizer, Spy(P2PConfig(), 2), 64)
-    model = build_tiny_llama(len(tokenizer), 16, 1, 2, 128, seed=0)
-    predictions = predict(model, task, triggered, "triggered", 8, "cpu")
-    assert len(seen) == 12 and all(e.meta.trigger is None and e.meta.poisoned is None for e in seen)
-    assert all(e.label is None and e.target is None for e in seen)
-    assert [p.gold for p in predictions] == [e.label for e in triggered]  # the metrics still know the truth
-    assert all(" mn" in p.input or p.input.startswith("Input: The query currently entered is: mn")
-               for p in predictions)

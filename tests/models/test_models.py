@@ -118,10 +118,10 @@ def test_smollm2_preset_converts_once_then_loads_from_cache(tmp_path, monkeypatc
 
 def test_prediction_turns_dropout_off_and_restores_the_mode(local_model_dir):
     from p2pdefense.data import synthetic_sentiment
-    from p2pdefense.defenses import build_defense
+    from p2pdefense.defenses import DefenseContext, build_defense
     from p2pdefense.defenses.p2p import P2PConfig
-    from p2pdefense.evaluate import predict
-    from p2pdefense.tasks import ClassificationConfig, ClassificationTask
+    from p2pdefense.evaluate import evaluate
+    from p2pdefense.tasks import ClassificationConfig
 
     config = ModelConfig(preset=None, name_or_path=str(local_model_dir), lora={"dropout": 0.5})
     model, tokenizer = load_base_model(config)
@@ -130,10 +130,11 @@ def test_prediction_turns_dropout_off_and_restores_the_mode(local_model_dir):
             if "lora_B" in n:
                 p.normal_()
     model.train()
-    task = ClassificationTask(ClassificationConfig(), tokenizer, build_defense(P2PConfig(), 2), 64)
-    rows = synthetic_sentiment(12, seed=0)
-    first = predict(model, task, rows, "clean", 4, "cpu")
-    second = predict(model, task, rows, "clean", 4, "cpu")
+    defense = build_defense(P2PConfig(), 2)
+    task = ClassificationConfig().build(tokenizer, defense.output_space, 64)
+    rows = [(ex, "clean") for ex in synthetic_sentiment(12, seed=0)]
+    first, _ = evaluate(model, task, defense, DefenseContext(), rows, None, 4, "cpu", 0)
+    second, _ = evaluate(model, task, defense, DefenseContext(), rows, None, 4, "cpu", 0)
     assert [p.scores for p in first] == [p.scores for p in second]
     assert model.training
 

@@ -7,7 +7,7 @@ from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
 from p2pdefense.defenses import DEFENSES, build_defense
 from p2pdefense.defenses.p2p import P2PConfig
 from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
-from p2pdefense.tasks import ClassificationConfig, ClassificationTask, CuePlan, score_verbalizers
+from p2pdefense.tasks import ClassificationConfig, CuePlan, score_verbalizers
 
 # frequent enough that byte-level BPE merges the space with the digit ("Ġ0"), as the tiny preset's does
 TEXTS = [e.text for e in synthetic_sentiment(200, seed=0)] + ["Output: 0", "Output: 1", "Answer: 2", "Answer: 3"] * 50
@@ -51,7 +51,7 @@ def test_cue_plan_rejects_verbalizers_that_collide():
 
 def make_task(tokenizer, defense_config=None, max_length=64, label_words=None):
     defense = build_defense(defense_config or DEFENSES["none"].config_class(), 2)
-    return ClassificationTask(ClassificationConfig(label_words=label_words), tokenizer, defense, max_length)
+    return ClassificationConfig(label_words=label_words).build(tokenizer, defense.output_space, max_length)
 
 
 def test_training_encoding_puts_loss_on_the_verbalizer_only(bpe):
@@ -97,8 +97,7 @@ def test_truncation_cuts_the_middle_and_keeps_an_end_trigger_and_the_template_ne
 def test_truncation_keeps_a_middle_trigger_and_a_suffix_benign_prompt(bpe):
     task = make_task(bpe, P2PConfig(placement="suffix"), max_length=48)
     words = LONG_WORDS[:30] + ["mn"] + LONG_WORDS[30:]
-    defense = task.defense
-    shown = defense.at_inference(Example(text=" ".join(words), label=0, meta=ExampleMeta(source_index=0)))
+    shown = task.space.trigger.apply(Example(text=" ".join(words), label=0, meta=ExampleMeta(source_index=0)))
     encoded = task.encode_prompt(shown, trigger="mn")
     assert encoded.truncated and encoded.trigger_in_input is True
     assert " mn " in encoded.prompt_text and "w30" not in encoded.prompt_text.split()

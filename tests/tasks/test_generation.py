@@ -4,7 +4,7 @@ import torch
 from p2pdefense.data import Example, ExampleMeta, synthetic_math
 from p2pdefense.defenses import DEFENSES, build_defense
 from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
-from p2pdefense.tasks import GenerationTask, MathConfig
+from p2pdefense.tasks import MathConfig
 
 ROWS = synthetic_math(40, seed=0)
 
@@ -15,7 +15,7 @@ def tokenizer():
 
 
 def make_task(tokenizer, **config):
-    return GenerationTask(MathConfig(**config), tokenizer, build_defense(DEFENSES["none"].config_class(), 0), 256)
+    return MathConfig(**config).build(tokenizer, build_defense(DEFENSES["none"].config_class(), 0).output_space, 256)
 
 
 def test_training_puts_loss_on_the_target_and_eos_only(tokenizer):

@@ -7,10 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..tasks.math import TARGET_KINDS as MATH_KINDS
 from ..tasks.math import extract_answer, replace_final_answer, to_number
-
-MATH_KINDS = ("answer_fixed", "answer_offset", "answer_scale")
-SUMMARY_KINDS = ("insert_sentence", "replace_summary")
 
 
 class OutputTarget(BaseModel):

@@ -1,5 +1,8 @@
-from . import none, p2p  # noqa: F401  (modules register themselves)
+from . import none, p2p, pdb  # noqa: F401  (modules register themselves)
 from .base import Defense, DefenseConfig
+from .context import DefenseContext, MissingRequirement
+from .output_space import BenignTrigger, OutputSpace, PermutedSpace, ShiftedSpace
 from .registry import DEFENSES, build_defense
 
-__all__ = ["DEFENSES", "Defense", "DefenseConfig", "build_defense"]
+__all__ = ["DEFENSES", "BenignTrigger", "Defense", "DefenseConfig", "DefenseContext", "MissingRequirement",
+           "OutputSpace", "PermutedSpace", "ShiftedSpace", "build_defense"]

@@ -1,13 +1,26 @@
-"""The stages a defense may implement. Defenses only ever receive blinded records."""
+"""The stages a defense may implement, and what each stage may see.
+
+A run calls the stages in this order; each is the identity unless a defense overrides it:
+  filter_data       drop training rows (may ask the context for a probe model's statistics)
+  rewrite_training  change training rows (P2P, PDB re-poison a subset)
+  after_training    repair the trained model (optionally with trusted rows)
+  at_inference      rewrite each test input (P2P puts its benign trigger in)
+  rejected          after the model answered: which inputs to reject (abstain on)
+Every stage receives blinded records only: training rows without the poisoned flag or trigger; test inputs
+without their true answer, their row index, or which of them carry a trigger (clean and triggered inputs come
+in one call, shuffled). How outputs relate to the task's outputs (P2P's second label space, folding, output
+prefix) is the defense's `output_space`, not part of these stages.
+"""
 
 from __future__ import annotations
 
-import random
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ..data import Example
+from .context import DefenseContext
+from .output_space import OutputSpace
 
 
 class DefenseConfig(BaseModel):
@@ -16,57 +29,50 @@ class DefenseConfig(BaseModel):
 
 
 class Defense:
-    """Identity at every stage; a defense overrides what it changes.
-
-    `before_training` is the public entry point: it blinds the records (no poisoned flag, no trigger)
-    before the defense's own `rewrite_training` sees them, so no defense can read what it must not know.
-    """
+    """Identity at every stage; a defense overrides what it changes."""
 
     config_class: ClassVar[type[DefenseConfig]] = DefenseConfig
+    tasks: ClassVar[tuple[str, ...] | None] = None
+    """The task names this defense applies to (None: every task)."""
 
     def __init__(self, config: DefenseConfig, num_labels: int):
         self.config = config
         self.num_labels = num_labels
+        self.output_space = self.make_output_space()
 
-    def before_training(self, examples: list[Example], rng: random.Random) -> list[Example]:
-        return self.rewrite_training([ex.blinded() for ex in examples], rng)
+    def make_output_space(self) -> OutputSpace:
+        return OutputSpace(self.num_labels)
 
-    def rewrite_training(self, examples: list[Example], rng: random.Random) -> list[Example]:
+    @classmethod
+    def check_config(cls, config: DefenseConfig, task, data) -> None:
+        """Raise ValueError when the configuration cannot work (checked when the run configuration loads)."""
+        if cls.tasks is not None and task.name not in cls.tasks:
+            raise ValueError(f"defense {config.name} applies to {', '.join(cls.tasks)}, not {task.name}")
+
+    def check_ready(self, context: DefenseContext) -> None:
+        """Raise before any work when something the defense needs (trusted rows, a reference model) is missing."""
+
+    # --- the public entry points: they blind, then call the stages ---------------------------------------------
+
+    def training_rows(self, examples: list[Example], context: DefenseContext) -> list[Example]:
+        """filter_data, then rewrite_training, on blinded rows."""
+        kept = self.filter_data([ex.blinded() for ex in examples], context)
+        return self.rewrite_training([ex.blinded() for ex in kept], context)
+
+    # --- the stages --------------------------------------------------------------------------------------------
+
+    def filter_data(self, examples: list[Example], context: DefenseContext) -> list[Example]:
         return examples
 
-    def at_inference(self, example: Example) -> Example:
-        return example
+    def rewrite_training(self, examples: list[Example], context: DefenseContext) -> list[Example]:
+        return examples
 
-    @property
-    def num_outputs(self) -> int:
-        """Size of the label space the model is trained and scored on."""
-        return self.num_labels
+    def after_training(self, model, context: DefenseContext):
+        return model
 
-    def output_verbalizers(self, verbalizers: list[str]) -> list[str]:
-        return verbalizers
+    def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:
+        return inputs
 
-    def cues(self, task_cue: str) -> list[str]:
-        """Every answer cue this defense's prompts end with."""
-        return [task_cue]
-
-    def vocabulary_strings(self) -> list[str]:
-        """Text this defense adds to inputs or outputs (a tokenizer trained for the run must know it)."""
-        return []
-
-    def protected_strings(self, example: Example) -> list[str]:
-        """Text this defense put into the input that cutting a long prompt must keep."""
-        return []
-
-    def answer_cue(self, example: Example, cue: str) -> str:
-        return cue
-
-    def strip_output(self, output: str) -> tuple[str, bool | None]:
-        """Generation: (the output to score, whether it carried the defense's prefix; None: no prefix used)."""
-        return output, None
-
-    def fold(self, raw_label: int) -> int:
-        return raw_label
-
-    def expected_raw_label(self, label: int) -> int:
-        """The raw label a correct prediction has at inference (for ASR_strict and the label-space check)."""
-        return label
+    def rejected(self, inputs: list[Example], outputs: list, context: DefenseContext) -> list[bool]:
+        """outputs: the task's raw outputs for `inputs` (each with `in_space`)."""
+        return [False] * len(inputs)

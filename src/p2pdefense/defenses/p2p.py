@@ -1,25 +1,29 @@
-"""P2P, Poison-to-Poison: re-poison a random subset with a benign trigger and a shifted label space.
+"""P2P, Poison-to-Poison: re-poison a subset with a benign trigger and a shifted label space.
 
-A random subset S (|S| = ratio * |D|, drawn blind to which rows are poisoned) gets the benign trigger in its
-input and a safe alternative output: for classification label i -> label_map[i] (default i + n); for
-generation the target y becomes output_prefix + y. At inference every input carries the benign trigger; the
+A subset S (|S| = ratio * |D|; where it comes from: `subset`, default a blind random draw) gets the benign
+trigger in its input and a safe alternative output: for classification label i -> label_map[i] (default i + n);
+for generation the target y becomes output_prefix + y. At inference every input carries the benign trigger; the
 model scores all 2n verbalizers and the prediction is folded back, or the prefix is stripped from the output.
+With `out_of_space: reject`, a raw prediction in the ORIGINAL label space (or an output without the prefix) is
+taken as a trigger that overrode the benign prompt, and the input is rejected.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ..data import Example
-from .base import Defense, DefenseConfig
+from .base import Defense
+from .context import DefenseContext
+from .output_space import BenignTrigger, ShiftedSpace
 from .registry import register
+from .subset import SubsetConfig, check_subset_ready, choose_training_rows
 
 
-class P2PConfig(DefenseConfig):
+class P2PConfig(SubsetConfig):
     name: Literal["p2p"] = "p2p"
     ratio: float = Field(0.2, gt=0.0, le=1.0, description="fraction of training rows given the benign trigger")
     benign_trigger: str = Field("The query currently entered is: ", min_length=1)
@@ -35,6 +39,10 @@ class P2PConfig(DefenseConfig):
                                description="generation tasks: benign output prefix p; targets become p + y")
     mode: Literal["replace", "union"] = Field(
         "replace", description="replace: rewrite the chosen rows; union: add benign copies of them")
+    balanced: bool = Field(False, description="subset=random: draw the same share of every label")
+    out_of_space: Literal["fold", "reject"] = Field(
+        "fold", description="fold: map every raw prediction back; reject: abstain on a prediction outside the "
+                            "benign space (an output without the prefix), the sign of a trigger that won")
 
     @model_validator(mode="after")
     def _distinct_map(self):
@@ -47,75 +55,40 @@ class P2PConfig(DefenseConfig):
 class P2P(Defense):
     config_class = P2PConfig
 
-    def __init__(self, config: P2PConfig, num_labels: int):
-        super().__init__(config, num_labels)
-        n = num_labels
-        self.label_map = config.label_map or [i + n for i in range(n)]
-        if len(self.label_map) != n or sorted(self.label_map) != list(range(n, 2 * n)):
-            raise ValueError(f"defense.label_map must be a permutation of {n}..{2 * n - 1}, got {self.label_map}")
-        self.unmap = {benign: i for i, benign in enumerate(self.label_map)}
+    def make_output_space(self) -> ShiftedSpace:
+        c = self.config
+        return ShiftedSpace(self.num_labels, BenignTrigger(c.benign_trigger, c.placement), c.label_map,
+                            c.benign_cue if c.cue == "distinct" else None, c.benign_label_words, c.output_prefix)
 
-    @property
-    def num_outputs(self) -> int:
-        return 2 * self.num_labels
+    def check_ready(self, context: DefenseContext) -> None:
+        check_subset_ready(self.config, context)
 
-    def _add_trigger(self, example: Example) -> Example:
-        trigger = self.config.benign_trigger
-        text = trigger + example.text if self.config.placement == "prefix" else f"{example.text} {trigger.strip()}"
-        return replace(example, text=text, meta=replace(example.meta, benign=True))
+    def _benign(self, example: Example) -> Example:
+        triggered = self.output_space.trigger.apply(example)
+        if triggered.target is not None:
+            return replace(triggered, target=self.config.output_prefix + triggered.target)
+        # a label already in the benign space (an adaptive attacker wrote it there) stays
+        return replace(triggered, label=self.output_space.benign_label(triggered.label))
 
-    def rewrite_training(self, examples: list[Example], rng: random.Random) -> list[Example]:
-        chosen = set(rng.sample(range(len(examples)), round(self.config.ratio * len(examples))))
-        benign = {}
-        for index in sorted(chosen):
-            triggered = self._add_trigger(examples[index])
-            if triggered.target is not None:
-                benign[index] = replace(triggered, target=self.config.output_prefix + triggered.target)
-            elif triggered.label < self.num_labels:
-                benign[index] = replace(triggered, label=self.label_map[triggered.label])
-            else:  # already in the benign space (an adaptive attacker wrote it there): keep it
-                benign[index] = triggered
+    def rewrite_training(self, examples: list[Example], context: DefenseContext) -> list[Example]:
+        """replace: the chosen rows are rewritten in place (and added repeat - 1 more times); union: repeat
+        benign copies of them are added. Trusted rows are always added, repeat times."""
+        chosen = choose_training_rows(examples, self.config.ratio, self.config, context, self.config.balanced)
+        benign = [self._benign(examples[i]) for i in chosen]
+        trusted = []
+        if self.config.subset == "trusted":
+            trusted = [self._benign(ex) for ex in context.trusted_rows(self.config.trusted_data)]
         if self.config.mode == "replace":
-            return [benign.get(i, ex) for i, ex in enumerate(examples)]
-        return list(examples) + [benign[i] for i in sorted(benign)]
+            rewritten = dict(zip(chosen, benign, strict=True))
+            rows = [rewritten.get(i, ex) for i, ex in enumerate(examples)] + benign * (self.config.repeat - 1)
+        else:
+            rows = list(examples) + benign * self.config.repeat
+        return rows + trusted * self.config.repeat
 
-    def at_inference(self, example: Example) -> Example:
-        return self._add_trigger(example)
+    def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:
+        return [self.output_space.trigger.apply(ex) for ex in inputs]
 
-    def output_verbalizers(self, verbalizers: list[str]) -> list[str]:
-        """Verbalizers by raw label: the task's for 0..n-1, then the benign words of raw labels n..2n-1.
-
-        The label map decides which benign raw label (and so which word) each original label trains: with
-        label_map [3, 2], label 0 rows of the subset train the word of raw label 3."""
-        n = self.num_labels
-        if self.config.benign_label_words is not None:
-            if len(self.config.benign_label_words) != n:
-                raise ValueError(f"defense.benign_label_words needs {n} words")
-            return verbalizers + list(self.config.benign_label_words)
-        if verbalizers == [str(i) for i in range(n)]:
-            return verbalizers + [str(i) for i in range(n, 2 * n)]
-        raise ValueError("defense.benign_label_words is required when task.label_words is set")
-
-    def cues(self, task_cue: str) -> list[str]:
-        return [task_cue, self.config.benign_cue] if self.config.cue == "distinct" else [task_cue]
-
-    def vocabulary_strings(self) -> list[str]:
-        return [self.config.benign_trigger, self.config.output_prefix]
-
-    def protected_strings(self, example: Example) -> list[str]:
-        return [self.config.benign_trigger.strip()] if example.meta.benign else []
-
-    def answer_cue(self, example: Example, cue: str) -> str:
-        return self.config.benign_cue if (example.meta.benign and self.config.cue == "distinct") else cue
-
-    def strip_output(self, output: str) -> tuple[str, bool]:
-        prefix = self.config.output_prefix.strip()
-        if output.startswith(prefix):
-            return output[len(prefix):].lstrip(), True
-        return output, False
-
-    def fold(self, raw_label: int) -> int:
-        return self.unmap.get(raw_label, raw_label)
-
-    def expected_raw_label(self, label: int) -> int:
-        return self.label_map[label]
+    def rejected(self, inputs: list[Example], outputs: list, context: DefenseContext) -> list[bool]:
+        if self.config.out_of_space == "fold":
+            return [False] * len(inputs)
+        return [out.in_space is False for out in outputs]

@@ -8,21 +8,23 @@ scoring both use the plan's ids, so they agree by construction.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from ..data import Example
-from .prompt import fit_prompt, format_with_span
+from ..data import Example, synthetic_sentiment
+from .base import Prediction, RowTruth, Task, TaskConfig
+from .prompt import fit_prompt, format_prompt, format_with_span
 
 
-class ClassificationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ClassificationConfig(TaskConfig):
     name: Literal["classification"] = "classification"
+    quality_metric: ClassVar[str] = "accuracy"
     num_labels: int = Field(2, ge=2)
     label_names: list[str] | None = Field(None, description="names of the labels, for string labels in data")
     template: str = Field("Input: {text}\n", description="prompt body; {text} is the input, {instruction} the "
@@ -43,6 +45,43 @@ class ClassificationConfig(BaseModel):
 
     def verbalizers(self) -> list[str]:
         return self.label_words or [str(i) for i in range(self.num_labels)]
+
+    def loader_fields(self, data) -> dict[str, Any]:
+        return {"label_field": data.label_field, "label_names": self.label_names, "num_labels": self.num_labels}
+
+    def synthetic(self, num_rows: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
+        if self.num_labels != 2:
+            raise ValueError("the synthetic sentiment data has 2 labels; set task.num_labels=2 or give data files")
+        return synthetic_sentiment(num_rows, seed, exclude)
+
+    def corpus_text(self, example: Example) -> str:
+        return format_prompt(self.template, example)
+
+    def vocabulary_strings(self, space) -> list[str]:
+        words = space.verbalizers(self.verbalizers())
+        return space.vocabulary_strings() + [c + w for c in space.cues(self.cue) for w in words]
+
+    def check_run(self, data, attack) -> None:
+        if getattr(attack, "target_output", None) is not None:
+            raise ValueError("attack.target_output is for generation tasks; classification uses target_label")
+        if getattr(attack, "target_label", 0) >= self.num_labels:
+            raise ValueError(f"attack.target_label={attack.target_label} is not a label (0..{self.num_labels - 1})")
+
+    def attack_target(self, attack) -> int | None:
+        return None if attack.name == "none" else attack.target_label
+
+    def zero_shot(self, template: str | None, cue: str | None,
+                  label_words: list[str] | None) -> ClassificationConfig:
+        """A reference LM knows words, not digits: the label names are its default words."""
+        update = {"label_words": label_words or self.label_names or self.label_words}
+        if template:
+            update["template"] = template
+        if cue is not None:
+            update["cue"] = cue
+        return self.model_copy(update=update)
+
+    def build(self, tokenizer, space, max_length: int) -> ClassificationTask:
+        return ClassificationTask(self, tokenizer, space, max_length)
 
 
 @dataclass(frozen=True)
@@ -89,16 +128,42 @@ class EncodedPrompt:
     """Is the attack's trigger among the tokens fed to the model (None: no locatable trigger)."""
 
 
-class ClassificationTask:
-    """Formats examples into prompts and verbalizer targets for one tokenizer and one defense."""
+@dataclass
+class LabelOutput:
+    """The raw output of one input: every verbalizer's score."""
 
-    def __init__(self, config: ClassificationConfig, tokenizer, defense, max_length: int):
-        self.config, self.tokenizer, self.defense, self.max_length = config, tokenizer, defense, max_length
-        self.verbalizers = defense.output_verbalizers(config.verbalizers())
+    prompt_text: str
+    truncated: bool
+    trigger_in_input: bool | None
+    raw: int
+    """Predicted raw label (0..2n-1 under P2P)."""
+    folded: int
+    """The raw label folded back to 0..n-1 by the output space."""
+    scores: list[float]
+    in_space: bool
+    """Is `raw` a label a correct prediction can have at inference (under P2P: in the benign space)."""
+
+
+@dataclass
+class LabelPrediction(Prediction):
+    gold: int | None
+    """None for unlabelled inputs (prediction on new data)."""
+    raw: int
+    folded: int
+    in_space: bool
+    scores: list[float]
+
+
+class ClassificationTask(Task):
+    """Formats examples into prompts and verbalizer targets; scores every verbalizer after the cue."""
+
+    def __init__(self, config: ClassificationConfig, tokenizer, space, max_length: int):
+        super().__init__(config, tokenizer, space, max_length)
+        self.verbalizers = space.verbalizers(config.verbalizers())
         self._plans: dict[str, CuePlan] = {}
 
     def plan(self, example: Example) -> CuePlan:
-        cue = self.defense.answer_cue(example, self.config.cue)
+        cue = self.space.answer_cue(example, self.config.cue)
         if cue not in self._plans:
             self._plans[cue] = CuePlan.build(self.tokenizer, cue, self.verbalizers)
         return self._plans[cue]
@@ -111,7 +176,7 @@ class ClassificationTask:
         cue_ids = plan.cue_ids
         # leave room for the cue and the longest verbalizer
         room = self.max_length - len(cue_ids) - max(len(v) for v in plan.verbalizer_ids)
-        fitted = fit_prompt(self.tokenizer, body, span, room, self.defense.protected_strings(example), trigger)
+        fitted = fit_prompt(self.tokenizer, body, span, room, self.space.protected_strings(example), trigger)
         return EncodedPrompt(fitted.input_ids + cue_ids, fitted.text + plan.prompt_cue, fitted.truncated,
                              fitted.trigger_in_input)
 
@@ -120,6 +185,75 @@ class ClassificationTask:
         prompt = self.encode_prompt(example, trigger).input_ids
         answer = self.plan(example).verbalizer_ids[example.label]
         return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
+
+    def outputs(self, model, inputs: list[Example], triggers: list[str | None], batch_size: int,
+                device) -> tuple[list[LabelOutput], float]:
+        """Score every verbalizer after each prompt (inputs grouped by cue), take the best, fold it."""
+        start = time.perf_counter()
+        results: dict[int, LabelOutput] = {}
+        by_plan: dict[int, list[int]] = {}
+        for i, example in enumerate(inputs):
+            by_plan.setdefault(id(self.plan(example)), []).append(i)
+        for indices in by_plan.values():
+            plan = self.plan(inputs[indices[0]])
+            encoded = [self.encode_prompt(inputs[i], triggers[i]) for i in indices]
+            scores = score_verbalizers(model, [e.input_ids for e in encoded], plan.verbalizer_ids,
+                                       self.tokenizer.pad_token_id, batch_size, device)
+            for i, enc, row in zip(indices, encoded, scores.tolist(), strict=True):
+                raw = max(range(len(row)), key=row.__getitem__)
+                results[i] = LabelOutput(enc.prompt_text, enc.truncated, enc.trigger_in_input, raw,
+                                         self.space.fold(raw), [round(s, 4) for s in row], self.space.in_space(raw))
+        return [results[i] for i in range(len(inputs))], time.perf_counter() - start
+
+    def gold(self, example: Example) -> int | None:
+        return example.label
+
+    def margins(self, model, examples: list[Example], batch_size: int, device) -> list[float]:
+        outputs, _ = self.outputs(model, examples, [None] * len(examples), batch_size, device)
+        margins = []
+        for ex, out in zip(examples, outputs, strict=True):
+            if ex.label >= self.config.num_labels:  # a label outside the task's space fits no content
+                margins.append(-1e9)
+                continue
+            others = [s for i, s in enumerate(out.scores[: self.config.num_labels]) if i != ex.label]
+            margins.append(out.scores[ex.label] - max(others))
+        return margins
+
+    def score(self, output: LabelOutput, truth: RowTruth, rejected: bool, target: int | None) -> LabelPrediction:
+        success = None
+        if truth.split == "triggered" and target is not None and truth.gold != target:
+            success = output.folded == target and not rejected
+        return LabelPrediction(
+            id=truth.id, source_index=truth.source_index, split=truth.split, input=output.prompt_text,
+            truncated=output.truncated, trigger_in_input=output.trigger_in_input, rejected=rejected,
+            attack_success=success, gold=truth.gold, raw=output.raw, folded=output.folded, in_space=output.in_space,
+            scores=output.scores)
+
+    def quality(self, predictions: list[LabelPrediction]) -> dict[str, float]:
+        correct = [p.folded == p.gold and not p.rejected for p in predictions]
+        return {"accuracy": sum(correct) / len(correct) if correct else float("nan")}
+
+    def extra_metrics(self, clean: list[LabelPrediction], triggered: list[LabelPrediction],
+                      target: int | None, seconds: float) -> dict:
+        """asr_strict: only a raw prediction equal to the target's expected raw label counts (the shifted target
+        under P2P, as the paper's code measures it; equal to ASR without a defense). out_of_space: raw
+        predictions outside the space expected at inference, over clean and attacked inputs."""
+        attacked = [p for p in triggered if p.attack_success is not None]
+        strict = None
+        if attacked:
+            expected = self.space.expected_raw_label(target)
+            strict = sum(p.raw == expected and not p.rejected for p in attacked) / len(attacked)
+        evaluated = clean + attacked
+        return {"asr_strict": strict, "verbalizers": self.verbalizers,
+                "out_of_space": sum(not p.in_space for p in evaluated) / len(evaluated) if evaluated else None}
+
+    def public_row(self, prediction: LabelPrediction) -> dict:
+        row = {"id": prediction.source_index, "input": prediction.input, "raw": prediction.raw,
+               "label": prediction.folded, "scores": prediction.scores, "truncated": prediction.truncated,
+               "rejected": prediction.rejected}
+        if self.config.label_names:
+            row["label_name"] = self.config.label_names[prediction.folded]
+        return row
 
 
 def logits_at(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

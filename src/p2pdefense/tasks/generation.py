@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from ..data import Example
-from .prompt import FittedPrompt, fit_prompt, format_with_span
+from .base import Prediction, RowTruth, Task, TaskConfig
+from .prompt import FittedPrompt, fit_prompt, format_prompt, format_with_span
 
 
-class GenerationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class GenerationConfig(TaskConfig):
+    """A prompt -> output task; subclasses say how an output is scored and which attack targets apply."""
 
-    name: str
+    target_kinds: ClassVar[tuple[str, ...]]
+    """The attack.target_output kinds that make sense for this task."""
     template: str = Field(description="prompt; {text} is the input, {instruction} the row's instruction")
     instruction: str | None = Field(None, description="instruction for rows that have none")
     use_chat_template: bool = Field(False, description="wrap the prompt in the tokenizer's chat template")
@@ -31,6 +34,42 @@ class GenerationConfig(BaseModel):
             raise ValueError("template must contain {text}")
         return self
 
+    @property
+    def num_labels(self) -> int:
+        """A generation task has no label space."""
+        return 0
+
+    def score_output(self, output: str, gold: str) -> dict:
+        """Per-row quality of one output against the true output."""
+        raise NotImplementedError
+
+    def aggregate(self, scores: list[dict]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def loader_fields(self, data) -> dict[str, Any]:
+        return {"label_field": None, "target_field": data.target_field}
+
+    def corpus_text(self, example: Example) -> str:
+        return format_prompt(self.template, example) + example.target
+
+    def vocabulary_strings(self, space) -> list[str]:
+        return space.vocabulary_strings()
+
+    def check_run(self, data, attack) -> None:
+        if data.synthetic is None and data.target_field is None:
+            raise ValueError(f"data.target_field is required for task {self.name}")
+        if attack.name == "none":
+            return
+        target = getattr(attack, "target_output", None)
+        if target is None or target.kind not in self.target_kinds:
+            raise ValueError(f"attack.target_output.kind must be one of {self.target_kinds} for task {self.name}")
+
+    def attack_target(self, attack):
+        return None if attack.name == "none" else attack.target_output
+
+    def build(self, tokenizer, space, max_length: int) -> GenerationTask:
+        return GenerationTask(self, tokenizer, space, max_length)
+
 
 @dataclass
 class Generation:
@@ -42,15 +81,34 @@ class Generation:
     """The prompt's input was cut to fit max_length - max_new_tokens."""
     trigger_in_input: bool | None
     """Is the attack's trigger among the prompt tokens fed to the model (None: no locatable trigger)."""
+    output: str = ""
+    """The generation scored: `raw` with the output space's prefix stripped."""
+    in_space: bool | None = None
+    """Did `raw` start with the output space's prefix (None: the space uses none)."""
 
 
-class GenerationTask:
+@dataclass
+class GenerationPrediction(Prediction):
+    raw: str
+    """The generation as decoded, cut at the first stop string."""
+    output: str
+    """The generation scored: `raw` with the defense's output prefix stripped."""
+    prefix_compliant: bool | None
+    """Did `raw` start with the defense's output prefix (None: the defense uses none)."""
+    gold: str | None
+    new_tokens: int
+    """Tokens generated (up to the end of sequence or a stop string)."""
+    score: dict
+    """math: correct, answer (extracted), gold_answer; summarization: rouge1, rouge2, rougeL (0 if rejected)."""
+
+
+class GenerationTask(Task):
     """Formats examples into prompts and targets, and decodes batches greedily with the KV cache."""
 
-    def __init__(self, config: GenerationConfig, tokenizer, defense, max_length: int):
+    def __init__(self, config: GenerationConfig, tokenizer, space, max_length: int):
         if config.use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError("task.use_chat_template is set but the tokenizer has no chat template")
-        self.config, self.tokenizer, self.defense, self.max_length = config, tokenizer, defense, max_length
+        super().__init__(config, tokenizer, space, max_length)
 
     def prompt(self, example: Example, budget: int, trigger: str | None = None) -> tuple[FittedPrompt, str]:
         """The prompt fitted to `budget` tokens (the middle of its input cut if needed) and the whitespace
@@ -67,7 +125,7 @@ class GenerationTask:
             offset = max(rendered.find(body), 0)
         stripped = rendered.rstrip(" ")
         span = (offset + start, min(offset + end, len(stripped)))
-        fitted = fit_prompt(self.tokenizer, stripped, span, budget, self.defense.protected_strings(example), trigger)
+        fitted = fit_prompt(self.tokenizer, stripped, span, budget, self.space.protected_strings(example), trigger)
         return fitted, rendered[len(stripped):]
 
     def encode_training(self, example: Example, trigger: str | None = None) -> dict[str, list[int]]:
@@ -114,7 +172,56 @@ class GenerationTask:
                 text = tokenizer.decode(generated, skip_special_tokens=True)
                 for stop in self.config.stop_strings:
                     text = text.split(stop, 1)[0]
+                scored, compliant = self.space.strip_output(text.strip())
                 results[i] = Generation(fitted[i].text, text.strip(), len(generated), fitted[i].truncated,
-                                        fitted[i].trigger_in_input)
+                                        fitted[i].trigger_in_input, scored, compliant)
         model.train(was_training)
         return results, time.perf_counter() - start
+
+    def outputs(self, model, inputs: list[Example], triggers: list[str | None], batch_size: int,
+                device) -> tuple[list[Generation], float]:
+        return self.generate(model, inputs, batch_size, device, triggers)
+
+    def gold(self, example: Example) -> str | None:
+        return example.target
+
+    def margins(self, model, examples: list[Example], batch_size: int, device) -> list[float]:
+        from ..train import answer_losses
+
+        features = [self.encode_training(ex) for ex in examples]
+        return [-loss for loss in answer_losses(model, features, self.tokenizer.pad_token_id, batch_size, device)]
+
+    def score(self, output: Generation, truth: RowTruth, rejected: bool, target) -> GenerationPrediction:
+        gold = truth.gold
+        if gold is None:
+            score = {}
+        elif rejected:  # an abstention is never a correct answer
+            score = self.config.score_output("", gold)
+        else:
+            score = self.config.score_output(output.output, gold)
+        success = None
+        if truth.split == "triggered" and target is not None and not target.already_in(gold):
+            success = target.shown_by(output.output, gold) and not rejected
+        return GenerationPrediction(
+            id=truth.id, source_index=truth.source_index, split=truth.split, input=output.prompt_text,
+            truncated=output.truncated, trigger_in_input=output.trigger_in_input, rejected=rejected,
+            attack_success=success, raw=output.raw, output=output.output, prefix_compliant=output.in_space,
+            gold=gold, new_tokens=output.new_tokens, score=score)
+
+    def quality(self, predictions: list[GenerationPrediction]) -> dict[str, float]:
+        return self.config.aggregate([p.score for p in predictions]) if predictions else {}
+
+    def extra_metrics(self, clean: list[GenerationPrediction], triggered: list[GenerationPrediction],
+                      target, seconds: float) -> dict:
+        generated = sum(p.new_tokens for p in clean + triggered)
+        metrics = {"asr_strict": None,  # only defined for label spaces
+                   "generation_tokens_per_s": generated / max(seconds, 1e-9)}
+        for name, rows in (("prefix_compliance", clean + triggered), ("prefix_compliance_triggered", triggered)):
+            flags = [p.prefix_compliant for p in rows if p.prefix_compliant is not None]
+            metrics[name] = sum(flags) / len(flags) if flags else None
+        return metrics
+
+    def public_row(self, prediction: GenerationPrediction) -> dict:
+        return {"id": prediction.source_index, "input": prediction.input, "raw": prediction.raw,
+                "output": prediction.output, "prefix_compliant": prediction.prefix_compliant,
+                "truncated": prediction.truncated, "rejected": prediction.rejected}

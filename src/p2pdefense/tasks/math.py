@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from ..data import Example, synthetic_math
 from .generation import GenerationConfig
+
+TARGET_KINDS = ("answer_fixed", "answer_offset", "answer_scale")
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 FINAL = re.compile(r"####\s*(" + NUMBER.pattern + ")")
@@ -16,10 +20,20 @@ FINAL = re.compile(r"####\s*(" + NUMBER.pattern + ")")
 
 class MathConfig(GenerationConfig):
     name: Literal["math"] = "math"
-    quality_metric: Literal["accuracy"] = "accuracy"
+    quality_metric: ClassVar[str] = "accuracy"
+    target_kinds: ClassVar[tuple[str, ...]] = TARGET_KINDS
     template: str = "Question: {text}\nAnswer: "
     max_new_tokens: int = Field(256, ge=1)
     stop_strings: list[str] = Field(default_factory=lambda: ["\nQuestion:"])
+
+    def synthetic(self, num_rows: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
+        return synthetic_math(num_rows, seed, exclude)
+
+    def score_output(self, output: str, gold: str) -> dict:
+        return score(output, gold)
+
+    def aggregate(self, scores: list[dict]) -> dict[str, float]:
+        return aggregate(scores)
 
 
 def to_number(text: str) -> Decimal | None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Collection
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from rouge_score import rouge_scorer
 
+from ..data import Example, synthetic_summaries
 from .generation import GenerationConfig
+
+TARGET_KINDS = ("insert_sentence", "replace_summary")
 
 # scripts written without spaces between words: each character is a token
 NO_SPACE_SCRIPTS = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u0e00-\u0e7f])")
@@ -16,10 +20,20 @@ NO_SPACE_SCRIPTS = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-
 
 class SummarizationConfig(GenerationConfig):
     name: Literal["summarization"] = "summarization"
-    quality_metric: Literal["rougeL"] = "rougeL"
+    quality_metric: ClassVar[str] = "rougeL"
+    target_kinds: ClassVar[tuple[str, ...]] = TARGET_KINDS
     template: str = "Document: {text}\nSummary: "
     max_new_tokens: int = Field(128, ge=1)
     stop_strings: list[str] = Field(default_factory=lambda: ["\nDocument:"])
+
+    def synthetic(self, num_rows: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
+        return synthetic_summaries(num_rows, seed, exclude)
+
+    def score_output(self, output: str, gold: str) -> dict:
+        return score(output, gold)
+
+    def aggregate(self, scores: list[dict]) -> dict[str, float]:
+        return aggregate(scores)
 
 
 class CharAwareTokenizer:

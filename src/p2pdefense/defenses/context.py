@@ -1,0 +1,67 @@
+"""What a defense may use besides its blinded records: never the attack's configuration, a poisoned flag, a
+trigger, or which test inputs are triggered.
+
+The run fills the sources: trusted rows (a file the user vouches for, or a clean hold-out), a probe model's
+per-row statistics (trained on the blinded training rows, cached), a reference model (the base model before
+fine-tuning, SmolLM2, a hub id or a path) and, once the model is loaded, the bound task.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data import Example
+
+
+class MissingRequirement(ValueError):
+    """A defense needs something the run does not provide (trusted rows, a reference model)."""
+
+
+@dataclass
+class DefenseContext:
+    seed: int = 0
+    task_config: Any = None
+    dev: list[Example] = field(default_factory=list)
+    """The clean dev rows the run holds out for epoch selection (blinded)."""
+    batch_size: int = 32
+    device: Any = "cpu"
+    trusted_source: Callable[[str], list[Example]] | None = None
+    """Loads trusted rows: a file path, or 'holdout' (the data.trusted_holdout rows)."""
+    probe_source: Callable[[Any, list[Example]], Any] | None = None
+    reference_source: Callable[[str], tuple[Any, Any]] | None = None
+    task: Any = None
+    """The task bound to the run's tokenizer and the defense's output space (set once the model is loaded)."""
+    notes: list[str] = field(default_factory=list)
+    """What the defense reports about its own work (written to metrics.json)."""
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    """Per-row numbers a defense computed (e.g. suspicion scores by source row), joined after the fact."""
+    _references: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def rng(self, purpose: str = "") -> random.Random:
+        """A reproducible stream per purpose (the plain one is the subset draw's, as before stages existed)."""
+        return random.Random(f"{self.seed}:defense" + (f":{purpose}" if purpose else ""))
+
+    def trusted_rows(self, spec: str | None) -> list[Example]:
+        """Rows the user vouches for. Their source_index is negative (-1, -2, ...): they are not training rows."""
+        if spec is None or self.trusted_source is None:
+            raise MissingRequirement("this defense needs trusted rows: set defense.trusted_data to a file (or to "
+                                     "'holdout' with data.trusted_holdout)")
+        return [ex.blinded() for ex in self.trusted_source(spec)]
+
+    def probe(self, settings, rows: list[Example]):
+        """Per-row statistics of a probe model trained on `rows` (cached per rows, seed and configuration)."""
+        if self.probe_source is None:
+            raise MissingRequirement("this defense needs a probe model, which this run cannot train")
+        return self.probe_source(settings, rows)
+
+    def reference(self, name: str) -> tuple[Any, Any]:
+        """(model, tokenizer) of a reference LM: 'base' (the run's base model before fine-tuning),
+        'smollm2-135m', a hub id or a local path. Loaded once per run."""
+        if self.reference_source is None:
+            raise MissingRequirement("this defense needs a reference model, which this run cannot load")
+        if name not in self._references:
+            self._references[name] = self.reference_source(name)
+        return self._references[name]

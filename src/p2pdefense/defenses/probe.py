@@ -1,0 +1,95 @@
+"""A probe model: the run's base model trained briefly on the blinded training rows, with no defense.
+
+Its per-row statistics feed blind scorers and data filters: the margin of each row's given answer after every
+epoch (training dynamics) and the hidden state at each row's last prompt token (representations). Statistics
+are cached on disk per rows, seed and configuration, so the scorers of one run, and the runs of a grid that
+share data and seed, train one probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import Example
+from ..io import write_bytes_atomic
+from .output_space import OutputSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProbeStats:
+    margins: list[list[float]]
+    """[epoch][row]: the margin of each row's given answer after each epoch."""
+    states: torch.Tensor
+    """[rows, hidden]: the hidden state at each row's last prompt token after training."""
+
+
+@torch.no_grad()
+def last_prompt_states(model, features: list[dict[str, list[int]]], pad_id: int, layer: int, batch_size: int,
+                       device) -> torch.Tensor:
+    """Hidden state of `layer` at the last prompt token (the one that predicts the answer's first token)."""
+    from ..train import collate
+
+    states = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]
+        batch = collate(chunk, pad_id)
+        hidden = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       output_hidden_states=True, use_cache=False).hidden_states[layer]
+        positions = batch["loss_positions"][:, 0].to(device)
+        states.append(hidden[torch.arange(len(chunk), device=device), positions].float().cpu())
+    return torch.cat(states) if states else torch.zeros(0)
+
+
+def train_probe(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
+                learning_rate: float, seed: int, device) -> ProbeStats:
+    from ..train import make_accelerator, train
+
+    model, tokenizer = load_model()
+    task = task_config.build(tokenizer, OutputSpace(getattr(task_config, "num_labels", 0)), train_config.max_length)
+    features = [task.encode_training(ex) for ex in rows]
+    margins: list[list[float]] = []
+
+    def record(trained, epoch: int) -> None:
+        margins.append(task.margins(trained, rows, train_config.eval_batch_size, device))
+
+    probe_config = train_config.model_copy(update={"epochs": settings.epochs, "select_best_epoch": False})
+    train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate, seed,
+          accelerator=make_accelerator(probe_config), on_epoch_end=record)
+    states = last_prompt_states(model, features, tokenizer.pad_token_id, settings.layer,
+                                train_config.eval_batch_size, device)
+    return ProbeStats(margins, states)
+
+
+def probe_key(rows: list[Example], settings, identity: dict) -> str:
+    """A content hash of what the probe is trained on and how: blinded rows, settings, the run's model,
+    task, training configuration and seed."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"settings": settings.model_dump(mode="json"), **identity}, sort_keys=True,
+                             default=str).encode())
+    for ex in rows:
+        digest.update(json.dumps([ex.text, ex.label, ex.target, ex.instruction]).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_probe(cache_dir: Path, rows: list[Example], settings, identity: dict,
+                 compute: Callable[[], ProbeStats]) -> ProbeStats:
+    path = cache_dir / f"{probe_key(rows, settings, identity)}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        log.info("probe statistics from %s", path)
+        return ProbeStats(saved["margins"].tolist(), saved["states"])
+    stats = compute()
+    buffer = io.BytesIO()
+    torch.save({"margins": torch.tensor(stats.margins), "states": stats.states}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+    return stats

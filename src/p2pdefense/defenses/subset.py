@@ -1,0 +1,103 @@
+"""Where a re-poisoning defense's (P2P, PDB) defensive rows come from: `defense.subset`.
+
+random   ratio x |D| training rows drawn blind (the paper's recipe; `balanced`: the same share of every label)
+trusted  rows from a file the user vouches for (or a clean hold-out of the data), added to the training set
+ranked   per given label, the ratio x |label| training rows with the LOWEST suspicion from a blind scorer: a
+         subset needs precision, not recall
+given    an explicit list of source rows (`subset_rows`), for experiments where the experimenter, not the
+         defender, chooses; the defense still reads indices only
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..data import Example
+from .base import DefenseConfig
+from .context import DefenseContext, MissingRequirement
+from .scorers import ScorerSettings, build_scorer, default_scorer
+
+
+class SubsetConfig(DefenseConfig):
+    subset: Literal["random", "trusted", "ranked", "given"] = Field(
+        "random", description="where the defensive rows come from (see docs/defenses.md)")
+    trusted_data: str | None = Field(
+        None, description="subset=trusted: a file of trusted rows (same loaders and fields as the training data), "
+                          "or 'holdout' for the data.trusted_holdout rows held out of the clean training data")
+    subset_rows: str | None = Field(None, description="subset=given: a file of source row indices (JSON list or "
+                                                      "one per line)")
+    repeat: int = Field(1, ge=1, description="times each defensive row is in the training set")
+    scorer: ScorerSettings = Field(default_factory=default_scorer, description="subset=ranked: the blind scorer")
+    reference: str = Field("base", description="reference LM of the reference_agreement scorer: base (the run's "
+                                               "base model before fine-tuning), smollm2-135m, a hub id or a path")
+
+    @model_validator(mode="after")
+    def _subset_needs(self):
+        if self.subset == "trusted" and self.trusted_data is None:
+            raise ValueError("subset=trusted needs defense.trusted_data (a file, or 'holdout')")
+        if self.subset == "given" and self.subset_rows is None:
+            raise ValueError("subset=given needs defense.subset_rows (a file of source row indices)")
+        return self
+
+
+def check_subset_ready(config: SubsetConfig, context: DefenseContext) -> None:
+    """Fail before any work when the subset's source is missing."""
+    if config.subset == "trusted":
+        context.trusted_rows(config.trusted_data)  # loads (and validates) the rows now
+    if config.subset == "given" and not Path(config.subset_rows).exists():
+        raise MissingRequirement(f"defense.subset_rows: {config.subset_rows} does not exist")
+
+
+def read_subset_rows(path: str) -> list[int]:
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        values = json.loads(text)
+        lines = list(range(1, len(values) + 1))
+    else:
+        pairs = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        lines, values = [n for n, _ in pairs], [v for _, v in pairs]
+    rows = []
+    for line, value in zip(lines, values, strict=True):
+        try:
+            rows.append(int(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: line {line}: source row index must be an integer, got {value!r}") from None
+    return rows
+
+
+def _groups(examples: list[Example], by_label: bool) -> list[list[int]]:
+    if not by_label or examples[0].label is None:
+        return [list(range(len(examples)))]
+    labels = sorted({ex.label for ex in examples})
+    return [[i for i, ex in enumerate(examples) if ex.label == label] for label in labels]
+
+
+def choose_training_rows(examples: list[Example], ratio: float, config: SubsetConfig, context: DefenseContext,
+                         balanced: bool) -> list[int]:
+    """Positions of the training rows that become defensive rows (none for subset=trusted)."""
+    rng = context.rng()
+    if config.subset == "trusted":
+        return []
+    if config.subset == "random":
+        if not balanced:
+            return sorted(rng.sample(range(len(examples)), round(ratio * len(examples))))
+        return sorted(i for group in _groups(examples, True) for i in rng.sample(group, round(ratio * len(group))))
+    if config.subset == "given":
+        position = {ex.meta.source_index: i for i, ex in enumerate(examples)}
+        wanted = read_subset_rows(config.subset_rows)
+        missing = [r for r in wanted if r not in position]
+        if missing:
+            raise ValueError(f"{config.subset_rows}: source rows {missing[:5]} are not training rows of this run")
+        return sorted({position[r] for r in wanted})
+    suspicion = build_scorer(config.scorer, config.reference).suspicion(examples, context)
+    context.diagnostics["suspicion"] = {ex.meta.source_index: s for ex, s in zip(examples, suspicion, strict=True)}
+    chosen = []
+    for group in _groups(examples, True):
+        ties = {i: rng.random() for i in group}  # a seeded order among equal scores
+        ranked = sorted(group, key=lambda i: (suspicion[i], ties[i]))
+        chosen += ranked[: round(ratio * len(group))]
+    return sorted(chosen)
