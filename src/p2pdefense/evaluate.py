@@ -42,7 +42,7 @@ def across_processes(count: int, compute: Callable[[list[int]], list]) -> list:
 
 def as_deployed(example: Example, position: int) -> Example:
     """A test input as a deployed model receives it: no answer, no poison marks, no row identity."""
-    return replace(example.for_inference(), meta=ExampleMeta(source_index=position))
+    return replace(example.for_inference(), meta=ExampleMeta(source_index=position, poisoned=None))
 
 
 def evaluate(model, task: Task, defense, context, rows: list[tuple[Example, str]], target: Any, batch_size: int,

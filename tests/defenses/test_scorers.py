@@ -1,0 +1,108 @@
+"""Blind suspicion scorers on hand-made cases, and a reference model that knows the task."""
+
+import random
+
+import pytest
+import torch
+
+from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
+from p2pdefense.defenses import DefenseContext
+from p2pdefense.defenses.probe import ProbeStats, cached_probe
+from p2pdefense.defenses.scorers import (
+    EnsembleConfig,
+    RepresentationConfig,
+    TrainingDynamicsConfig,
+    build_scorer,
+    spectral_scores,
+    within_group_ranks,
+)
+from p2pdefense.evaluate import auroc
+from p2pdefense.tasks import ClassificationConfig
+
+
+def test_spectral_scores_single_out_a_shifted_cluster():
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn(90, 16, generator=generator)
+    shifted = torch.randn(10, 16, generator=generator) + 4.0 * torch.ones(16)
+    scores = spectral_scores(torch.cat([clean, shifted]))
+    assert set(scores.argsort(descending=True)[:10].tolist()) == set(range(90, 100))
+
+
+def test_representation_scores_every_label_separately():
+    rows = [Example(text=str(i), label=int(i >= 50), meta=ExampleMeta(source_index=i)) for i in range(100)]
+    generator = torch.Generator().manual_seed(1)
+    states = torch.randn(100, 8, generator=generator)
+    states[50:] += 10.0  # label 1 lies far away; only rows 95..99 of it are outliers within the label
+    states[95:] += torch.tensor([6.0] * 8)
+    context = DefenseContext(probe_source=lambda settings, r: ProbeStats([[0.0] * 100], states))
+    scores = build_scorer(RepresentationConfig()).suspicion(rows, context)
+    top_of_label_one = sorted(range(50, 100), key=lambda i: -scores[i])[:5]
+    assert set(top_of_label_one) == set(range(95, 100))
+
+
+def test_training_dynamics_is_minus_the_area_under_the_margin():
+    rows = [Example(text=str(i), label=0, meta=ExampleMeta(source_index=i)) for i in range(3)]
+    margins = [[1.0, -2.0, 0.5], [3.0, 0.0, 0.5]]
+    context = DefenseContext(probe_source=lambda settings, r: ProbeStats(margins, None))
+    assert build_scorer(TrainingDynamicsConfig()).suspicion(rows, context) == [-2.0, 1.0, -0.5]
+
+
+def test_ensemble_is_the_mean_within_label_rank():
+    rows = [Example(text=str(i), label=i % 2, meta=ExampleMeta(source_index=i)) for i in range(4)]
+    assert within_group_ranks([3.0, 1.0, 0.0, 2.0], rows) == [1.0, 0.0, 0.0, 1.0]
+    margins = [[0.0, 1.0, 2.0, 3.0]]  # training dynamics: suspicion -m
+    states = torch.tensor([[0.0], [5.0], [1.0], [0.0]])
+    context = DefenseContext(probe_source=lambda settings, r: ProbeStats(margins, states))
+    config = EnsembleConfig(members=[TrainingDynamicsConfig(), RepresentationConfig()])
+    # label 0 rows 0, 2: dynamics ranks [1, 0], representation |x - 0.5| ties -> [0, 1]; label 1 rows 1, 3 likewise
+    assert build_scorer(config).suspicion(rows, context) == [0.5, 0.5, 0.5, 0.5]
+
+
+@pytest.fixture(scope="module")
+def sentiment_reference(tmp_path_factory):
+    """A tiny model trained on clean sentiment rows stands in for a reference LM that knows the task."""
+    from p2pdefense.models import ModelConfig, load_base_model
+    from p2pdefense.train import TrainConfig, train
+
+    task_config = ClassificationConfig(label_names=["negative", "positive"], label_words=["bad", "good"])
+    rows = synthetic_sentiment(400, seed=5)
+    corpus = [task_config.corpus_text(ex) for ex in rows] + ["Output: bad", "Output: good"]
+    model, tokenizer = load_base_model(ModelConfig(tiny={"vocab_size": 400, "hidden_size": 32, "num_layers": 1,
+                                                         "num_heads": 2}), corpus, seed=0)
+    from p2pdefense.defenses import OutputSpace
+
+    task = task_config.build(tokenizer, OutputSpace(2), 64)
+    train(model, [task.encode_training(ex) for ex in rows], tokenizer.pad_token_id,
+          TrainConfig(epochs=6, batch_size=16), 3e-3, seed=0)
+    return task_config, model, tokenizer
+
+
+def test_reference_agreement_ranks_flipped_labels_as_suspicious(sentiment_reference):
+    task_config, model, tokenizer = sentiment_reference
+    rows = synthetic_sentiment(200, seed=9)
+    flipped = set(random.Random(0).sample(range(200), 20))
+    given = [Example(ex.text, 1 - ex.label if i in flipped else ex.label, ex.meta) for i, ex in enumerate(rows)]
+    context = DefenseContext(task_config=task_config.model_copy(update={"label_words": None}),
+                             reference_source=lambda name: (model, tokenizer), batch_size=32)
+    config = {"name": "reference_agreement", "label_words": ["bad", "good"]}
+    from p2pdefense.defenses.p2p import P2PConfig
+
+    scorer = build_scorer(P2PConfig(scorer=config).scorer, "base")
+    suspicion = scorer.suspicion([ex.blinded() for ex in given], context)
+    assert auroc(suspicion, [i in flipped for i in range(200)]) > 0.9
+
+
+def test_probe_statistics_are_cached_per_rows_and_settings(tmp_path):
+    rows = [Example(text="a", label=0, meta=ExampleMeta(source_index=0))]
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return ProbeStats([[0.5]], torch.ones(1, 4))
+
+    settings = TrainingDynamicsConfig().probe
+    first = cached_probe(tmp_path, rows, settings, {"seed": 0}, compute)
+    second = cached_probe(tmp_path, rows, settings, {"seed": 0}, compute)
+    assert len(calls) == 1 and second.margins == first.margins and torch.equal(second.states, first.states)
+    cached_probe(tmp_path, rows, settings, {"seed": 1}, compute)  # another seed: another probe
+    assert len(calls) == 2

@@ -1,0 +1,98 @@
+"""The stage interface through a real run: what each stage receives, and that missing needs fail early."""
+
+import pytest
+
+from p2pdefense import pipeline
+from p2pdefense.config import ConfigError, load_config
+from p2pdefense.defenses import DEFENSES, MissingRequirement
+from p2pdefense.defenses.p2p import P2P
+
+SMALL = ["data.synthetic.train_rows=200", "data.synthetic.test_rows=30", "attack.name=badnets", "attack.rate=0.1",
+         "attack.triggers=[mn]", "model.tiny.vocab_size=400", "model.tiny.hidden_size=32", "model.tiny.num_layers=1",
+         "model.tiny.num_heads=2", "train.epochs=1", "stealth_report=false"]
+
+
+class Spy(P2P):
+    """P2P that records what every stage receives."""
+
+    seen: dict = {}
+
+    def filter_data(self, examples, context):
+        Spy.seen["filter_data"] = list(examples)
+        return super().filter_data(examples, context)
+
+    def rewrite_training(self, examples, context):
+        Spy.seen["rewrite_training"] = list(examples)
+        return super().rewrite_training(examples, context)
+
+    def after_training(self, model, context):
+        Spy.seen["after_training"] = model
+        return super().after_training(model, context)
+
+    def at_inference(self, inputs, context):
+        Spy.seen.setdefault("at_inference", []).append(list(inputs))
+        return super().at_inference(inputs, context)
+
+    def rejected(self, inputs, outputs, context):
+        Spy.seen.setdefault("rejected", []).append((list(inputs), list(outputs)))
+        return super().rejected(inputs, outputs, context)
+
+
+@pytest.fixture
+def spied_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(DEFENSES, "p2p", Spy)
+    Spy.seen = {}
+    config = load_config(None, [*SMALL, "defense.name=p2p", f"output_dir={tmp_path}", "name=spy"])
+    run_dir, metrics = pipeline.run(config)
+    return run_dir, metrics, Spy.seen
+
+
+def test_no_stage_sees_a_poisoned_flag_a_trigger_or_which_inputs_are_triggered(spied_run):
+    _, metrics, seen = spied_run
+    assert metrics["num_poisoned"] > 0
+    for stage in ("filter_data", "rewrite_training"):
+        assert len(seen[stage]) == metrics["num_train"]
+        assert all(ex.meta.poisoned is None and ex.meta.trigger is None for ex in seen[stage])
+    assert seen["after_training"] is not None
+    # dev selection calls come first (one per epoch); the last call is the test set: clean and triggered together
+    *dev_calls, test_inputs = seen["at_inference"]
+    assert len(dev_calls) == 1 and len(test_inputs) == 2 * 30
+    assert all(ex.label is None and ex.target is None and ex.meta.trigger is None and ex.meta.poisoned is None
+               and ex.meta.source_id is None for ex in test_inputs)
+    # row identities are positions in a shuffled order, so a repeated source row cannot pair clean with triggered
+    assert [ex.meta.source_index for ex in test_inputs] == list(range(60))
+    has_trigger = ["mn" in ex.text.split() for ex in test_inputs]
+    assert has_trigger != sorted(has_trigger) and has_trigger != sorted(has_trigger, reverse=True)
+    inputs, outputs = seen["rejected"][-1]
+    assert len(outputs) == len(inputs) == 60 and all(hasattr(out, "in_space") for out in outputs)
+
+
+def test_predictions_keep_their_truth_despite_the_shuffle(spied_run):
+    import json
+
+    run_dir, _, _ = spied_run
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"clean-{i}" for i in range(30)] + [f"triggered-{i}" for i in range(30)]
+    clean_sources = [r["source_index"] for r in rows[:30]]
+    assert clean_sources == [r["source_index"] for r in rows[30:]]  # the same rows, clean then triggered
+    assert all("mn" in r["input"].split() for r in rows[30:])
+
+
+def test_a_missing_trusted_file_fails_before_any_training(tmp_path):
+    config = load_config(None, [*SMALL, "defense.name=p2p", "defense.subset=trusted",
+                                f"defense.trusted_data={tmp_path / 'absent.jsonl'}", f"output_dir={tmp_path}"])
+    with pytest.raises(MissingRequirement, match="absent.jsonl does not exist"):
+        pipeline.run(config)
+    assert not list(tmp_path.glob("*/model"))
+    with pytest.raises(MissingRequirement, match="data.trusted_holdout"):
+        pipeline.run(load_config(None, [*SMALL, "defense.name=p2p", "defense.subset=trusted",
+                                        "defense.trusted_data=holdout", f"output_dir={tmp_path}", "name=h"]))
+
+
+def test_subset_options_are_checked_when_the_configuration_loads():
+    with pytest.raises(ConfigError, match="subset=trusted needs defense.trusted_data"):
+        load_config(None, ["defense.name=p2p", "defense.subset=trusted"])
+    with pytest.raises(ConfigError, match="subset=given needs defense.subset_rows"):
+        load_config(None, ["defense.name=pdb", "defense.subset=given"])
+    with pytest.raises(ConfigError, match="defense pdb applies to classification, not math"):
+        load_config(None, ["task.name=math", "defense.name=pdb"])
