@@ -23,7 +23,7 @@ from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
 from .defenses import DefenseContext, MissingRequirement, build_defense
-from .defenses.probe import cached_probe, train_probe
+from .defenses.probe import cached_probe, cached_scores, train_probe
 from .evaluate import auroc, compare, evaluate, summarize
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import ModelConfig, load_base_model, save_trained, training_precision
@@ -287,7 +287,10 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
                                 lambda: load_base_model(config.model, corpus, config.seed, dtype=load_dtype,
                                                         device=device),
                                 config.train, learning_rate, config.seed, device)),
-        reference_source=lambda name: load_reference(name, config, corpus, device))
+        reference_source=lambda name: load_reference(name, config, corpus, device),
+        # "base" references depend on the run's model and seed: they are part of every key
+        score_cache=lambda rows, settings, compute: cached_scores(cache_root() / "scores", rows,
+                                                                  {**settings, **probe_identity}, compute))
     defense = build_defense(config.defense, config.task.num_labels)
     defense.check_ready(context)
     train_rows = defense.training_rows(poisoned, context)

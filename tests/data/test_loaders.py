@@ -146,6 +146,23 @@ def test_synthetic_sentiment_is_seeded_balanced_and_labelled_by_its_words():
         assert not words & set(NEGATIVE if e.label == 1 else POSITIVE)
 
 
+def test_synthetic_topics_have_four_balanced_classes_told_by_their_events():
+    from collections import Counter
+
+    from p2pdefense.data import synthetic_topics
+    from p2pdefense.data.synthetic import TOPIC_NAMES, TOPICS
+
+    rows = synthetic_topics(400, seed=1)
+    assert rows == synthetic_topics(400, seed=1) and len({e.text for e in rows}) == 400
+    assert Counter(e.label for e in rows) == {0: 100, 1: 100, 2: 100, 3: 100}
+    for e in rows:  # the event always belongs to the row's topic; a subject sometimes does not
+        assert any(event in e.text for event in TOPICS[TOPIC_NAMES[e.label]][1])
+    borrowed = sum(not any(s in e.text for s in TOPICS[TOPIC_NAMES[e.label]][0]) for e in rows)
+    assert 20 < borrowed < 80  # about one in eight
+    test = synthetic_topics(100, seed=2, exclude={e.text for e in rows})
+    assert not {e.text for e in test} & {e.text for e in rows}
+
+
 def test_generation_rows_with_target_field_and_positional_json_arrays(tmp_path):
     path = tmp_path / "qa.jsonl"
     write_jsonl(path, [{"question": "1+1?", "answer": "1 + 1 = 2\n#### 2"}])

@@ -106,3 +106,23 @@ def test_probe_statistics_are_cached_per_rows_and_settings(tmp_path):
     assert len(calls) == 1 and second.margins == first.margins and torch.equal(second.states, first.states)
     cached_probe(tmp_path, rows, settings, {"seed": 1}, compute)  # another seed: another probe
     assert len(calls) == 2
+
+
+def test_reference_scores_are_cached_by_rows_and_settings(sentiment_reference, tmp_path):
+    from p2pdefense.defenses.probe import cached_scores
+    from p2pdefense.defenses.scorers import ReferenceAgreementConfig
+
+    task_config, model, tokenizer = sentiment_reference
+    rows = [ex.blinded() for ex in synthetic_sentiment(20, seed=4)]
+    loads = []
+
+    def context():
+        return DefenseContext(task_config=task_config, batch_size=8,
+                              reference_source=lambda name: loads.append(name) or (model, tokenizer),
+                              score_cache=lambda r, settings, compute: cached_scores(tmp_path, r, settings, compute))
+
+    scorer = build_scorer(ReferenceAgreementConfig(label_words=["bad", "good"]), "base")
+    first = scorer.suspicion(rows, context())
+    assert scorer.suspicion(rows, context()) == first and loads == ["base"]  # the second run loads nothing
+    build_scorer(ReferenceAgreementConfig(label_words=["good", "bad"]), "base").suspicion(rows, context())
+    assert loads == ["base", "base"]  # other settings: scored again

@@ -32,6 +32,8 @@ class DefenseContext:
     """Loads trusted rows: a file path, or 'holdout' (the data.trusted_holdout rows)."""
     probe_source: Callable[[Any, list[Example]], Any] | None = None
     reference_source: Callable[[str], tuple[Any, Any]] | None = None
+    score_cache: Callable[[list[Example], dict, Callable[[], list[float]]], list[float]] | None = None
+    """Caches per-row scores by rows and settings (None: compute every time)."""
     task: Any = None
     """The task bound to the run's tokenizer and the defense's output space (set once the model is loaded)."""
     notes: list[str] = field(default_factory=list)
@@ -56,6 +58,9 @@ class DefenseContext:
         if self.probe_source is None:
             raise MissingRequirement("this defense needs a probe model, which this run cannot train")
         return self.probe_source(settings, rows)
+
+    def cached_scores(self, rows: list[Example], settings: dict, compute: Callable[[], list[float]]) -> list[float]:
+        return compute() if self.score_cache is None else self.score_cache(rows, settings, compute)
 
     def reference(self, name: str) -> tuple[Any, Any]:
         """(model, tokenizer) of a reference LM: 'base' (the run's base model before fine-tuning),

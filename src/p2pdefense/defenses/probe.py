@@ -70,12 +70,10 @@ def train_probe(rows: list[Example], settings, task_config, load_model: Callable
     return ProbeStats(margins, states)
 
 
-def probe_key(rows: list[Example], settings, identity: dict) -> str:
-    """A content hash of what the probe is trained on and how: blinded rows, settings, the run's model,
-    task, training configuration and seed."""
+def content_key(rows: list[Example], parts: dict) -> str:
+    """A content hash of the rows (as a defense sees them) and of everything else that decides a result."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"settings": settings.model_dump(mode="json"), **identity}, sort_keys=True,
-                             default=str).encode())
+    digest.update(json.dumps(parts, sort_keys=True, default=str).encode())
     for ex in rows:
         digest.update(json.dumps([ex.text, ex.label, ex.target, ex.instruction]).encode())
     return digest.hexdigest()[:20]
@@ -83,7 +81,8 @@ def probe_key(rows: list[Example], settings, identity: dict) -> str:
 
 def cached_probe(cache_dir: Path, rows: list[Example], settings, identity: dict,
                  compute: Callable[[], ProbeStats]) -> ProbeStats:
-    path = cache_dir / f"{probe_key(rows, settings, identity)}.pt"
+    """identity: the run's model, task, training configuration and seed."""
+    path = cache_dir / f"{content_key(rows, {'settings': settings.model_dump(mode='json'), **identity})}.pt"
     if path.exists():
         saved = torch.load(path, weights_only=True)
         log.info("probe statistics from %s", path)
@@ -93,3 +92,15 @@ def cached_probe(cache_dir: Path, rows: list[Example], settings, identity: dict,
     torch.save({"margins": torch.tensor(stats.margins), "states": stats.states}, buffer)
     write_bytes_atomic(path, buffer.getvalue())
     return stats
+
+
+def cached_scores(cache_dir: Path, rows: list[Example], parts: dict,
+                  compute: Callable[[], list[float]]) -> list[float]:
+    """Per-row scores (e.g. a reference model's suspicion) cached by content."""
+    path = cache_dir / f"{content_key(rows, parts)}.json"
+    if path.exists():
+        log.info("scores from %s", path)
+        return json.loads(path.read_text(encoding="utf-8"))
+    scores = compute()
+    write_bytes_atomic(path, json.dumps(scores).encode())
+    return scores

@@ -114,11 +114,16 @@ class ReferenceAgreement(Scorer):
     def suspicion(self, examples: list[Example], context: DefenseContext) -> list[float]:
         from .output_space import OutputSpace
 
-        model, tokenizer = context.reference(self.reference)
         task_config = context.task_config.zero_shot(self.config.template, self.config.cue, self.config.label_words)
-        task = task_config.build(tokenizer, OutputSpace(getattr(task_config, "num_labels", 0)),
-                                 self.config.max_prompt_tokens)
-        return [-m for m in task.margins(model, examples, context.batch_size, context.device)]
+
+        def compute() -> list[float]:
+            model, tokenizer = context.reference(self.reference)
+            task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), self.config.max_prompt_tokens)
+            return [-m for m in task.margins(model, examples, context.batch_size, context.device)]
+
+        settings = {"scorer": self.config.model_dump(mode="json"), "reference": self.reference,
+                    "task": task_config.model_dump(mode="json")}
+        return context.cached_scores(examples, settings, compute)
 
 
 @register

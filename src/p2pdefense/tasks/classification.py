@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from ..data import Example, synthetic_sentiment
+from ..data import Example, synthetic_sentiment, synthetic_topics
 from .base import Prediction, RowTruth, Task, TaskConfig
 from .prompt import fit_prompt, format_prompt, format_with_span
 
@@ -50,9 +50,12 @@ class ClassificationConfig(TaskConfig):
         return {"label_field": data.label_field, "label_names": self.label_names, "num_labels": self.num_labels}
 
     def synthetic(self, num_rows: int, seed: int, exclude: Collection[str] = ()) -> list[Example]:
-        if self.num_labels != 2:
-            raise ValueError("the synthetic sentiment data has 2 labels; set task.num_labels=2 or give data files")
-        return synthetic_sentiment(num_rows, seed, exclude)
+        """2 labels: synthetic sentiment; 4 labels: synthetic news topics."""
+        generators = {2: synthetic_sentiment, 4: synthetic_topics}
+        if self.num_labels not in generators:
+            raise ValueError(f"synthetic classification data has 2 (sentiment) or 4 (topics) labels, not "
+                             f"task.num_labels={self.num_labels}; give data files")
+        return generators[self.num_labels](num_rows, seed, exclude)
 
     def corpus_text(self, example: Example) -> str:
         return format_prompt(self.template, example)
