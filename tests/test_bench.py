@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from p2pdefense.bench import GridSpec, _set, expand, select
+from p2pdefense.bench import GridSpec, set_key, expand, select
 from p2pdefense.bench_report import Report, write_report
 from p2pdefense.cli import app
 from p2pdefense.store import ResultsStore
@@ -25,11 +25,11 @@ def grid(**extra) -> GridSpec:
 
 def test_switching_a_section_name_keeps_only_the_keys_the_new_one_accepts():
     raw = json.loads(json.dumps(BASE))
-    _set(raw, "defense.name", "none")
+    set_key(raw, "defense.name", "none")
     assert raw["defense"] == {"name": "none"}
-    _set(raw, "attack.name", "addsent")
+    set_key(raw, "attack.name", "addsent")
     assert raw["attack"] == {"name": "addsent", "rate": 0.1}  # triggers belong to badnets
-    _set(raw, "attack.rate", 0.2)
+    set_key(raw, "attack.rate", 0.2)
     assert raw["attack"]["rate"] == 0.2
 
 

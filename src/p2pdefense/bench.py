@@ -68,7 +68,7 @@ def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _set(raw: dict, key: str, value: Any) -> None:
+def set_key(raw: dict, key: str, value: Any) -> None:
     """Set a dotted key. Setting `SECTION.name` to another attack/defense/task keeps only the section's keys
     that every attack (defense, task) has and the new one accepts: an axis over defenses must not carry P2P's
     ratio into `none`, nor one over attacks BadNets' triggers into CTBA (set them in the cell)."""
@@ -128,7 +128,7 @@ def expand(spec: GridSpec, grid_dir: Path, bench_dir: Path) -> list[Cell]:
     else:
         base = json.loads(json.dumps(spec.base))
     for key, value in spec.set.items():
-        _set(base, key, value)
+        set_key(base, key, value)
     named = spec.cells or [NamedCell(name="")]
     keys = list(spec.axes)
     configs: list[tuple[str, RunConfig]] = []
@@ -136,9 +136,9 @@ def expand(spec: GridSpec, grid_dir: Path, bench_dir: Path) -> list[Cell]:
         for values in itertools.product(*(spec.axes[k] for k in keys)):
             raw = json.loads(json.dumps(base))
             for key, value in cell.set.items():
-                _set(raw, key, value)
+                set_key(raw, key, value)
             for key, value in zip(keys, values, strict=True):
-                _set(raw, key, value)
+                set_key(raw, key, value)
             label = ", ".join([cell.name] * bool(cell.name) + [f"{k}={v}" for k, v in zip(keys, values, strict=True)])
             config = validate_config(raw, f"{spec.name}: cell {label or '(base)'}")
             if any(_matches(config, selector) for selector in spec.exclude):

@@ -63,6 +63,10 @@ def test_trusted_rows_are_added_with_negative_source_indices():
     added = out[100:]
     assert len(added) == 16 and all(ex.meta.benign and ex.meta.source_index < 0 for ex in added)
     assert [ex.label for ex in added[:8]] == [2 + i % 2 for i in range(8)]
+    sampled = build_defense(P2PConfig(subset="trusted", trusted_data="mine", trusted_rows=3), 2)
+    assert len(sampled.training_rows(ROWS, context)) == 103
+    with pytest.raises(ValueError, match="trusted_rows=9 but only 8 trusted rows exist"):
+        build_defense(P2PConfig(subset="trusted", trusted_data="mine", trusted_rows=9), 2).training_rows(ROWS, context)
 
 
 def test_ranked_subset_takes_the_least_suspicious_rows_of_each_label():

@@ -20,7 +20,7 @@ from .base import Defense
 from .context import DefenseContext
 from .output_space import BenignTrigger, ShiftedSpace
 from .registry import register
-from .subset import SubsetConfig, check_subset_ready, choose_training_rows
+from .subset import SubsetConfig, check_subset_ready, choose_training_rows, trusted_subset
 
 
 class P2PConfig(SubsetConfig):
@@ -77,7 +77,7 @@ class P2P(Defense):
         benign = [self._benign(examples[i]) for i in chosen]
         trusted = []
         if self.config.subset == "trusted":
-            trusted = [self._benign(ex) for ex in context.trusted_rows(self.config.trusted_data)]
+            trusted = [self._benign(ex) for ex in trusted_subset(self.config, context)]
         if self.config.mode == "replace":
             rewritten = dict(zip(chosen, benign, strict=True))
             rows = [rewritten.get(i, ex) for i, ex in enumerate(examples)] + benign * (self.config.repeat - 1)

@@ -20,7 +20,7 @@ from .base import Defense
 from .context import DefenseContext
 from .output_space import BenignTrigger, PermutedSpace
 from .registry import register
-from .subset import SubsetConfig, check_subset_ready, choose_training_rows
+from .subset import SubsetConfig, check_subset_ready, choose_training_rows, trusted_subset
 
 
 class PDBConfig(SubsetConfig):
@@ -55,7 +55,7 @@ class PDB(Defense):
         chosen = choose_training_rows(examples, self.config.ratio, self.config, context, self.config.balanced)
         defensive = [self._defensive(examples[i]) for i in chosen]
         if self.config.subset == "trusted":
-            defensive += [self._defensive(ex) for ex in context.trusted_rows(self.config.trusted_data)]
+            defensive += [self._defensive(ex) for ex in trusted_subset(self.config, context)]
         return list(examples) + defensive * self.config.repeat
 
     def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:

@@ -28,6 +28,8 @@ class SubsetConfig(DefenseConfig):
     trusted_data: str | None = Field(
         None, description="subset=trusted: a file of trusted rows (same loaders and fields as the training data), "
                           "or 'holdout' for the data.trusted_holdout rows held out of the clean training data")
+    trusted_rows: int | None = Field(None, ge=1, description="subset=trusted: use a seeded sample of this many "
+                                                              "of the trusted rows (all by default)")
     subset_rows: str | None = Field(None, description="subset=given: a file of source row indices (JSON list or "
                                                       "one per line)")
     repeat: int = Field(1, ge=1, description="times each defensive row is in the training set")
@@ -47,7 +49,7 @@ class SubsetConfig(DefenseConfig):
 def check_subset_ready(config: SubsetConfig, context: DefenseContext) -> None:
     """Fail before any work when the subset's source is missing."""
     if config.subset == "trusted":
-        context.trusted_rows(config.trusted_data)  # loads (and validates) the rows now
+        trusted_subset(config, context)  # loads (and validates) the rows now
     if config.subset == "given" and not Path(config.subset_rows).exists():
         raise MissingRequirement(f"defense.subset_rows: {config.subset_rows} does not exist")
 
@@ -74,6 +76,17 @@ def _groups(examples: list[Example], by_label: bool) -> list[list[int]]:
         return [list(range(len(examples)))]
     labels = sorted({ex.label for ex in examples})
     return [[i for i, ex in enumerate(examples) if ex.label == label] for label in labels]
+
+
+def trusted_subset(config: SubsetConfig, context: DefenseContext) -> list[Example]:
+    """The trusted rows a defense uses: all, or a seeded sample of `trusted_rows` of them."""
+    rows = context.trusted_rows(config.trusted_data)
+    if config.trusted_rows is None:
+        return rows
+    if config.trusted_rows > len(rows):
+        raise MissingRequirement(f"defense.trusted_rows={config.trusted_rows} but only {len(rows)} trusted rows "
+                                 "exist")
+    return [rows[i] for i in sorted(context.rng("trusted").sample(range(len(rows)), config.trusted_rows))]
 
 
 def choose_training_rows(examples: list[Example], ratio: float, config: SubsetConfig, context: DefenseContext,

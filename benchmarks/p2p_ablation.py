@@ -1,0 +1,301 @@
+"""When does P2P's benign trigger win? The defensive-subset ablation (P2P and PDB), one command per model.
+
+    python benchmarks/p2p_ablation.py --model tiny                      # every part, 5 seeds, SST-2 attacks
+    python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks badnets --parts poisoned source
+    python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 1 2 --parts key
+    python benchmarks/p2p_ablation.py --model tiny --dry-run            # the cells, nothing run
+
+Parts (each crossed with the attacks and seeds; every cell has its clean and undefended references):
+  poisoned  the defensive subset holds exactly 0, 1, 2, 5, 10 or 20 poisoned rows (`subset: given`, chosen here
+            by the experimenter, who sees the poison; the defense only reads row indices), and the blind draw
+  source    trusted rows (50, 100, 200, 500 of a clean hold-out), ranked by each blind scorer, reject mode
+  knobs     P2P's ratio 0.1 / 0.4, repeat 5, a shared cue, a longer and more salient benign trigger
+  key       the SmolLM2 cells: blind draw, 0 poisoned rows, best blind (ranked by the base model), trusted 200
+The bench is resumable (finished cells are skipped, interrupted ones continue from their checkpoints). It writes
+benchmarks/results/p2p-ablation-<model>/: results.md / .html and plots (`p2p report`), and ablation.md: per
+attack, every cell's CA, ASR, floor, triggered accuracy, poisoned rows in the subset and the scorer's AUROC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from p2pdefense.bench import GridSpec, NamedCell, expand, run_cells, set_key
+from p2pdefense.bench_report import role, write_report
+from p2pdefense.config import validate_config
+from p2pdefense.io import write_json_atomic, write_text_atomic
+from p2pdefense.pipeline import prepare_data
+from p2pdefense.store import ResultsStore
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "configs/sst2_badnets_p2p.yaml"
+
+# the defender's zero-shot question for a chat model (their own task, not the attack): SmolLM2's chat markup
+SENTIMENT_PROMPT = {"template": "<|im_start|>user\nIs the sentiment of this movie review positive or negative?\n"
+                                "{text}<|im_end|>\n<|im_start|>assistant\n",
+                    "cue": "", "label_words": ["negative", "positive"]}
+TOPIC_PROMPT = {"template": "<|im_start|>user\nIs this news sentence about world, sports, business or science?\n"
+                            "{text}<|im_end|>\n<|im_start|>assistant\n",
+                "cue": "", "label_words": ["world", "sports", "business", "science"]}
+
+MODELS = {
+    # the tiny-sst2 grid's setting, plus a 500-row clean hold-out for the trusted cells (all cells share it)
+    "tiny": {"set": {"model.preset": "tiny", "train.epochs": 4, "train.batch_size": 32, "attack.rate": 0.05,
+                     "attack.target_label": 1, "data.trusted_holdout": 500},
+             "reference": "smollm2-135m", "seeds": [0, 1, 2, 3, 4]},
+    # smollm2-strong2 (1,500 SST-2 rows, 20% poison, LoRA all-linear, lr 1e-3, 2 epochs, 400 test rows)
+    "smollm2": {"set": {"model.preset": "smollm2-135m", "model.lora.target_modules": "all-linear",
+                        "data.max_train_rows": 1500, "data.max_test_rows": 400, "data.dev_fraction": 0.03,
+                        "train.epochs": 2, "train.batch_size": 16, "train.learning_rate": 1.0e-3,
+                        "attack.rate": 0.2, "data.trusted_holdout": 500},
+                "reference": "base", "seeds": [0, 1, 2]},
+}
+
+SST2 = {"prompt": SENTIMENT_PROMPT}
+ATTACKS = {
+    "badnets": {**SST2, "set": {"attack.name": "badnets", "attack.triggers": ["mn"]}},
+    "addsent": {**SST2, "set": {"attack.name": "addsent"}},
+    "ctba": {**SST2, "set": {"attack.name": "ctba"}},
+    "badnets-clean-label": {**SST2, "set": {"attack.name": "badnets", "attack.triggers": ["mn"],
+                                            "attack.clean_label": True}},
+    "synbkd-imdb": {**SST2, "set": {
+        "data.train": "../shared/data/imdb/train.jsonl", "data.test": None, "data.test_fraction": 0.2,
+        "data.id_field": "idx", "attack.name": "synbkd",
+        "attack.table": "../shared/data/imdb/train_syntactic_poisoned.json",
+        "attack.test_table": "../shared/data/imdb/train_syntactic_poisoned.json"}},
+    # more than two labels: synthetic 4-class news topics (data/synthetic.py), target label 1 (sports)
+    "topics4-badnets": {"prompt": TOPIC_PROMPT, "set": {
+        "data.train": None, "data.test": None, "data.synthetic": {"train_rows": 4000, "test_rows": 800},
+        "task.num_labels": 4, "task.label_names": ["world", "sports", "business", "science"],
+        "attack.name": "badnets", "attack.triggers": ["mn"]}},
+}
+POISONED_COUNTS = [0, 1, 2, 5, 10, 20]
+DEFENSES = {"p2p": {"defense.name": "p2p"}, "pdb": {"defense.name": "pdb"}}
+SALIENT_TRIGGER = "Safety check. The query currently entered, whatever it contains, is: "
+
+
+def scorer(name: str, prompt: dict) -> dict:
+    if name == "reference_agreement":
+        return {"name": name, **prompt}
+    if name == "ensemble":
+        return {"name": name, "members": [{"name": "reference_agreement", **prompt}, {"name": "training_dynamics"},
+                                          {"name": "representation"}]}
+    return {"name": name}
+
+
+def defense_cells(part: str, attack: dict, reference: str) -> dict[str, dict]:
+    """Cell name -> defense overrides (the `given` cells are completed per seed in `given_cells`)."""
+    prompt = attack["prompt"]
+    cells: dict[str, dict] = {}
+    if part in ("poisoned", "key"):
+        for name, base in DEFENSES.items():
+            cells[f"{name} random (blind)"] = dict(base)
+    if part == "source":
+        for name, base in DEFENSES.items():
+            for n in (50, 100, 200, 500):
+                cells[f"{name} trusted {n}"] = {**base, "defense.subset": "trusted", "defense.trusted_data": "holdout",
+                                                "defense.trusted_rows": n}
+            for score in ("reference_agreement", "training_dynamics", "representation", "ensemble"):
+                cells[f"{name} ranked {score}"] = {**base, "defense.subset": "ranked", "defense.reference": reference,
+                                                   "defense.scorer": scorer(score, prompt)}
+        cells["p2p ranked reference_agreement, reject"] = {
+            **cells["p2p ranked reference_agreement"], "defense.out_of_space": "reject"}
+    if part == "key":
+        for name, base in DEFENSES.items():
+            cells[f"{name} ranked reference_agreement"] = {**base, "defense.subset": "ranked",
+                                                           "defense.reference": reference,
+                                                           "defense.scorer": scorer("reference_agreement", prompt)}
+            cells[f"{name} trusted 200"] = {**base, "defense.subset": "trusted", "defense.trusted_data": "holdout",
+                                            "defense.trusted_rows": 200}
+    if part == "knobs":
+        for ratio in (0.1, 0.4):
+            cells[f"p2p ratio {ratio}"] = {"defense.name": "p2p", "defense.ratio": ratio}
+        cells["p2p repeat 5 (union)"] = {"defense.name": "p2p", "defense.mode": "union", "defense.repeat": 5}
+        cells["p2p shared cue"] = {"defense.name": "p2p", "defense.cue": "shared"}
+        cells["p2p salient trigger"] = {"defense.name": "p2p", "defense.benign_trigger": SALIENT_TRIGGER}
+    return cells
+
+
+def base_raw() -> dict:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / BASE).read_text(encoding="utf-8"))
+    raw.pop("output_dir", None)
+    return raw
+
+
+def choose_given_rows(config_raw: dict, defense: str, poisoned_count: int, seed: int) -> list[int] | None:
+    """The experimenter's subset: the defense's size (P2P ratio of the rows, PDB ratio of every label) with exactly
+    `poisoned_count` poisoned rows, the rest unpoisoned, seeded. None if the attack has fewer poisoned rows."""
+    config = validate_config(config_raw)
+    data = prepare_data(config)
+    rows = data.poisoned
+    ratio = config.defense.ratio
+    poisoned = [ex for ex in rows if ex.meta.poisoned]
+    if poisoned_count > len(poisoned):
+        return None
+    rng = random.Random(f"{seed}:given:{defense}:{poisoned_count}")
+    if defense == "pdb":  # class-balanced: the same share of every label
+        quotas = defaultdict(int)
+        for ex in rows:
+            quotas[ex.label] += 1
+        quotas = {label: round(ratio * count) for label, count in quotas.items()}
+    else:
+        quotas = None
+    chosen = rng.sample(poisoned, poisoned_count)
+    clean = [ex for ex in rows if not ex.meta.poisoned]
+    rng.shuffle(clean)
+    if quotas is None:
+        chosen += clean[: round(ratio * len(rows)) - poisoned_count]
+    else:
+        for ex in chosen:
+            quotas[ex.label] -= 1
+        for ex in clean:
+            if quotas[ex.label] > 0:
+                chosen.append(ex)
+                quotas[ex.label] -= 1
+    return sorted(ex.meta.source_index for ex in chosen)
+
+
+def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int], bench_dir: Path) -> GridSpec:
+    settings = MODELS[model]
+    cells: list[NamedCell] = []
+    for attack_name in attacks:
+        attack = ATTACKS[attack_name]
+        for part in parts:
+            for cell_name, overrides in defense_cells(part, attack, settings["reference"]).items():
+                for seed in seeds:
+                    cells.append(NamedCell(name=f"{attack_name} | {cell_name}, seed={seed}",
+                                           set={**attack["set"], **overrides, "seed": seed}))
+        if "poisoned" in parts or "key" in parts:
+            counts = POISONED_COUNTS if "poisoned" in parts else [0]
+            cells += given_cells(model, attack_name, counts, seeds, bench_dir)
+    return GridSpec(name=f"p2p-ablation-{model}", base=base_raw(), set=settings["set"], cells=cells,
+                    output_dir=str(bench_dir))
+
+
+def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int], bench_dir: Path) -> list[NamedCell]:
+    """`subset: given` cells with exactly k poisoned rows in the defensive subset (files written once)."""
+    attack = ATTACKS[attack_name]
+    out = []
+    for defense, base in DEFENSES.items():
+        for seed in seeds:
+            raw = base_raw()
+            for key, value in {**MODELS[model]["set"], **attack["set"], **base, "seed": seed}.items():
+                set_key(raw, key, value)
+            for k in counts:
+                path = bench_dir / "subsets" / f"{attack_name}-seed{seed}-{defense}-k{k}.json"
+                if not path.exists():
+                    chosen = choose_given_rows(raw, defense, k, seed)
+                    if chosen is None:
+                        continue
+                    write_json_atomic(path, chosen)
+                out.append(NamedCell(name=f"{attack_name} | {defense} given, {k} poisoned in S, seed={seed}",
+                                     set={**attack["set"], **base, "defense.subset": "given",
+                                          "defense.subset_rows": str(path.relative_to(ROOT)), "seed": seed}))
+    return out
+
+
+def _mean_sd(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+
+
+def ablation_table(bench_dir: Path) -> str:
+    """Per attack: each cell's metrics over seeds, beside its clean floor and undefended run."""
+    rows = ResultsStore(bench_dir).rows()
+    by_hash = {r["hash"]: r for r in rows}
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        cell = (r.get("cell") or "").split(", seed=")[0]
+        if " | " not in cell or role(r["config"]) != "defended":
+            continue
+        attack, name = cell.split(" | ", 1)
+        groups[(attack, name)].append(r)
+    references = defaultdict(lambda: defaultdict(list))
+    for r in by_hash.values():
+        cell = r.get("cell") or ""
+        if "(clean)" in cell or "(undefended)" in cell:
+            attack = cell.split(" | ")[0]
+            references[attack]["clean" if "(clean)" in cell else "undefended"].append(r)
+    lines = ["# P2P / PDB defensive-subset ablation", "",
+             "Mean ± sd over seeds. floor: the clean model's ASR; undefended: the attack without defense. "
+             "Poisoned in S: poisoned rows among the defensive rows (joined after the run; the defense never saw "
+             "them). AUROC: the blind scorer's suspicion against the poison (ranked cells). A rejected input counts "
+             "as neither correct nor an attack success.", ""]
+    for attack in sorted({a for a, _ in groups}):
+        seen_seeds = {}
+        for kind in ("clean", "undefended"):
+            for r in references[attack][kind]:
+                seen_seeds.setdefault(kind, {})[r["config"]["seed"]] = r["metrics"]
+        lines += [f"## {attack}", "",
+                  "| cell | seeds | CA % | ASR % | triggered acc. % | rejected clean / trig. % | poisoned in S | "
+                  "AUROC |", "|---|---|---|---|---|---|---|---|"]
+        for kind in ("clean", "undefended"):
+            ms = list(seen_seeds.get(kind, {}).values())
+            if ms:
+                lines.append(f"| {kind} | {len(ms)} | {_mean_sd([m['ca'] for m in ms])} | "
+                             f"{_mean_sd([m.get('asr') for m in ms])} | "
+                             f"{_mean_sd([m.get('triggered_accuracy') for m in ms])} | | | |")
+        for (a, name), members in sorted(groups.items()):
+            if a != attack:
+                continue
+            ms = [r["metrics"] for r in members]
+            poisoned_in_s = [m.get("num_poisoned_in_benign_subset") for m in ms]
+            aurocs = [m.get("suspicion_auroc") for m in ms if m.get("suspicion_auroc") is not None]
+            rejected = [m.get("rejection_rate_clean") for m in ms]
+            lines.append(
+                f"| {name} | {len(ms)} | {_mean_sd([m['ca'] for m in ms])} | {_mean_sd([m.get('asr') for m in ms])} | "
+                f"{_mean_sd([m.get('triggered_accuracy') for m in ms])} | "
+                f"{_mean_sd(rejected) if any(rejected) else ''}"
+                f"{' / ' + _mean_sd([m.get('rejection_rate_triggered') for m in ms]) if any(rejected) else ''} | "
+                f"{statistics.fmean(poisoned_in_s):.1f} | "
+                f"{f'{statistics.fmean(aurocs):.3f}' if aurocs else ''} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 5 (tiny) or 3 (smollm2)")
+    parser.add_argument("--attacks", nargs="+", choices=sorted(ATTACKS), help="default: every attack")
+    parser.add_argument("--parts", nargs="+", choices=["poisoned", "source", "knobs", "key"],
+                        help="default: poisoned source knobs (tiny), key (smollm2)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    import os
+
+    os.chdir(ROOT)  # data paths in the configurations are relative to the repository root
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = args.model
+    seeds = args.seeds or MODELS[model]["seeds"]
+    parts = args.parts or (["poisoned", "source", "knobs"] if model == "tiny" else ["key"])
+    attacks = args.attacks or (sorted(ATTACKS) if model == "tiny" else ["badnets"])
+    bench_dir = ROOT / "benchmarks" / "results" / f"p2p-ablation-{model}"
+    spec = build_spec(model, parts, attacks, seeds, bench_dir)
+    cells = expand(spec, ROOT, bench_dir)
+    print(f"{len(cells)} cells (with references) in {bench_dir}")
+    if args.dry_run:
+        for cell in cells:
+            print(f"  {cell.hash}  {cell.label}")
+        return 0
+    failed = run_cells(cells, bench_dir, args.workers)
+    write_report([bench_dir])
+    write_text_atomic(bench_dir / "ablation.md", ablation_table(bench_dir))
+    print(f"{bench_dir / 'ablation.md'}; {len(failed)} cells failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
