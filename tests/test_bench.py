@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from p2pdefense.bench import GridSpec, set_key, expand, select
+from p2pdefense.bench import GridSpec, expand, select, set_key
 from p2pdefense.bench_report import Report, write_report
 from p2pdefense.cli import app
 from p2pdefense.store import ResultsStore

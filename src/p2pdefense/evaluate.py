@@ -46,8 +46,9 @@ def as_deployed(example: Example, position: int) -> Example:
 
 
 def evaluate(model, task: Task, defense, context, rows: list[tuple[Example, str]], target: Any, batch_size: int,
-             device, seed: int) -> tuple[list[Prediction], float]:
-    """Predictions for (example, split) rows, in the order given, and the seconds the model spent on them."""
+             device, seed: int, reject: bool = True) -> tuple[list[Prediction], float]:
+    """Predictions for (example, split) rows, in the order given, and the seconds the model spent on them.
+    reject=False skips the defense's rejection stage (epoch selection on dev rows, before the model is final)."""
     per_split: dict[str, int] = {}
     truths = []
     for example, split in rows:
@@ -68,7 +69,7 @@ def evaluate(model, task: Task, defense, context, rows: list[tuple[Example, str]
     model.train(was_training)
     outputs = [out for out, _ in timed]
     seconds = max((s for _, s in timed), default=0.0)  # the processes work at the same time
-    rejected = defense.rejected(inputs, outputs, context)
+    rejected = defense.rejected(inputs, outputs, context) if reject else [False] * len(inputs)
     predictions: list[Prediction | None] = [None] * len(rows)
     for position, i in enumerate(order):
         predictions[i] = task.score(outputs[position], truths[i], rejected[position], target)

@@ -280,7 +280,8 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
                       "train": config.train.model_dump(mode="json"), "seed": config.seed}
     context = DefenseContext(
         seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev], batch_size=batch,
-        device=device, trusted_source=trusted_loader(config, splits.trusted),
+        device=device, train_config=config.train, learning_rate=learning_rate,
+        trusted_source=trusted_loader(config, splits.trusted),
         probe_source=lambda settings, rows: cached_probe(
             cache_root() / "probes", rows, settings, probe_identity,
             lambda: train_probe(rows, settings, config.task,
@@ -329,7 +330,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
 
     def dev_quality(m) -> float:
         predictions, _ = evaluate(m, task, defense, context, [(ex, "dev") for ex in splits.dev], None, batch,
-                                  device, config.seed)
+                                  device, config.seed, reject=False)
         return task.quality(predictions)[config.task.quality_metric]
 
     mark = lap("encode", mark)
@@ -337,7 +338,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
                          config.seed, dev_quality if splits.dev else None, accelerator, checkpoints, resume)
     model = accelerator.unwrap_model(model)
     mark = lap("train", mark)
-    model = defense.after_training(model, context)
+    model = context.model = defense.after_training(model, context)
     mark = lap("after_training", mark)
     rows = [(ex, "clean") for ex in splits.test] + [(ex, "triggered") for ex in triggered_test]
     predictions, seconds = evaluate(model, task, defense, context, rows, target, batch, device, config.seed)
@@ -364,6 +365,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
             write_text_atomic(staging / "config.yaml", to_yaml(config))
             write_jsonl_atomic(staging / "train_log.jsonl", train_report.epochs)
             write_jsonl_atomic(staging / "predictions.jsonl", (p.to_json() for p in predictions))
+            write_json_atomic(staging / "defense_state.json", defense.state())
             save_trained(model, tokenizer, staging / "model")
             lap("write", mark)
             metrics.update(stage_seconds=stage_seconds, wall_seconds=round(time.perf_counter() - started, 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,10 +36,13 @@ def predict_run(run_dir: Path, input_path: str, text_field: str | None = None, b
     examples = load_inputs(input_path, config, text_field)
     model, tokenizer = load_trained(config.model, run_dir / "model")
     defense = build_defense(config.defense, config.task.num_labels)
+    state = run_dir / "defense_state.json"
+    if state.exists():  # what the defense learned in the run (a threshold)
+        defense.restore(json.loads(state.read_text(encoding="utf-8")))
     device = next(model.parameters()).device
     task = config.task.build(tokenizer, defense.output_space, config.train.max_length)
     context = DefenseContext(seed=config.seed, task_config=config.task, batch_size=batch_size, device=device,
-                             task=task)
+                             task=task, model=model)
     predictions, _ = evaluate(model, task, defense, context, [(ex, "input") for ex in examples], None, batch_size,
                               device, config.seed)
     return [task.public_row(p) for p in predictions]

@@ -52,6 +52,14 @@ class Defense:
     def check_ready(self, context: DefenseContext) -> None:
         """Raise before any work when something the defense needs (trusted rows, a reference model) is missing."""
 
+    def state(self) -> dict:
+        """What the defense learned during the run that inference needs again (a threshold): written to the
+        run directory, restored by `p2p predict`."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Load what `state` returned."""
+
     # --- the public entry points: they blind, then call the stages ---------------------------------------------
 
     def training_rows(self, examples: list[Example], context: DefenseContext) -> list[Example]:
@@ -74,5 +82,6 @@ class Defense:
         return inputs
 
     def rejected(self, inputs: list[Example], outputs: list, context: DefenseContext) -> list[bool]:
-        """outputs: the task's raw outputs for `inputs` (each with `in_space`)."""
+        """outputs: the task's raw outputs for `inputs` (each with `in_space`); `context.model` is the model.
+        Not called while dev rows select the best epoch: a detector is part of the deployed model."""
         return [False] * len(inputs)

@@ -36,6 +36,11 @@ class DefenseContext:
     """Caches per-row scores by rows and settings (None: compute every time)."""
     task: Any = None
     """The task bound to the run's tokenizer and the defense's output space (set once the model is loaded)."""
+    model: Any = None
+    """The fine-tuned model (set after training, for the inference stages)."""
+    train_config: Any = None
+    """The run's training configuration and learning rate (for defenses that train: repair, probes)."""
+    learning_rate: float | None = None
     notes: list[str] = field(default_factory=list)
     """What the defense reports about its own work (written to metrics.json)."""
     diagnostics: dict[str, Any] = field(default_factory=dict)

@@ -78,8 +78,8 @@ def _groups(examples: list[Example], by_label: bool) -> list[list[int]]:
     return [[i for i, ex in enumerate(examples) if ex.label == label] for label in labels]
 
 
-def trusted_subset(config: SubsetConfig, context: DefenseContext) -> list[Example]:
-    """The trusted rows a defense uses: all, or a seeded sample of `trusted_rows` of them."""
+def trusted_subset(config, context: DefenseContext) -> list[Example]:
+    """The trusted rows a defense uses (config: `trusted_data`, `trusted_rows`): all, or a seeded sample."""
     rows = context.trusted_rows(config.trusted_data)
     if config.trusted_rows is None:
         return rows
