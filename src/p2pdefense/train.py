@@ -210,10 +210,12 @@ def make_accelerator(config: TrainConfig, mixed_precision: str = "no", project_d
 def train(model, features: list[dict[str, list[int]]], pad_id: int, config: TrainConfig, learning_rate: float,
           seed: int, dev_score: Callable[[object], float] | None = None,
           accelerator: Accelerator | None = None, checkpoint_dir: Path | None = None,
-          resume: bool = False, on_epoch_end: Callable[[object, int], None] | None = None) -> TrainReport:
+          resume: bool = False, on_epoch_end: Callable[[object, int], None] | None = None,
+          loss_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TrainReport:
     """Train in place; returns per-epoch loss, dev score and throughput. Loads the best epoch's weights.
 
     on_epoch_end(model, epoch): called after each epoch with the unwrapped model in eval mode (probe statistics).
+    loss_transform: applied to each batch's loss before backward (ABL's flooding, gradient ascent).
     dev_score: the clean dev metric (accuracy; for generation tasks the task's quality metric).
     checkpoint_dir: save a checkpoint after every epoch; with `resume`, continue from the newest one there.
     """
@@ -281,6 +283,8 @@ def train(model, features: list[dict[str, list[int]]], pad_id: int, config: Trai
                 tokens = (batch["loss_targets"] != -100).sum()
                 global_tokens = accelerator.reduce(tokens, "sum") if processes > 1 else tokens
                 loss = answer_loss(model, batch, "sum") * processes / global_tokens.clamp(min=1)
+                if loss_transform is not None:
+                    loss = loss_transform(loss)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()

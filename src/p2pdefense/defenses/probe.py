@@ -63,8 +63,12 @@ def train_probe(rows: list[Example], settings, task_config, load_model: Callable
         margins.append(task.margins(trained, rows, train_config.eval_batch_size, device))
 
     probe_config = train_config.model_copy(update={"epochs": settings.epochs, "select_best_epoch": False})
+    flooded = None
+    if settings.loss == "flooded":  # rows learned below gamma are pushed back up: only fast shortcuts stay low
+        def flooded(loss):
+            return torch.sign(loss - settings.gamma) * loss
     train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate, seed,
-          accelerator=make_accelerator(probe_config), on_epoch_end=record)
+          accelerator=make_accelerator(probe_config), on_epoch_end=record, loss_transform=flooded)
     states = last_prompt_states(model, features, tokenizer.pad_token_id, settings.layer,
                                 train_config.eval_batch_size, device)
     return ProbeStats(margins, states)

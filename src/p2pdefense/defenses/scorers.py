@@ -26,6 +26,9 @@ class ProbeSettings(BaseModel):
     epochs: int = Field(2, ge=1)
     learning_rate: float | None = Field(None, description="default: the run's learning rate")
     layer: int = Field(-1, description="hidden layer whose last-prompt-token state the representation scorer uses")
+    loss: Literal["plain", "flooded"] = Field(
+        "plain", description="flooded: ABL's local gradient ascent, sign(L - gamma) * L per batch")
+    gamma: float = Field(0.5, gt=0.0, description="the flooded loss's threshold")
 
 
 class ReferenceAgreementConfig(BaseModel):
