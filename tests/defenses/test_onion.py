@@ -1,0 +1,47 @@
+"""ONION with a small reference LM that learned the clean sentences' language."""
+
+import pytest
+
+from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
+from p2pdefense.defenses import DefenseContext, build_defense
+from p2pdefense.defenses.onion import OnionConfig, perplexities
+
+
+@pytest.fixture(scope="module")
+def fluent_reference():
+    from p2pdefense.models import ModelConfig, load_base_model
+    from p2pdefense.train import TrainConfig, train
+
+    texts = [ex.text for ex in synthetic_sentiment(600, seed=2)]
+    model, tokenizer = load_base_model(ModelConfig(tiny={"vocab_size": 400, "hidden_size": 48, "num_layers": 1,
+                                                         "num_heads": 2}), texts + ["mn cf bb"], seed=0)
+    features = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        features.append({"input_ids": ids, "labels": [-100] + ids[1:]})
+    train(model, features, tokenizer.pad_token_id, TrainConfig(epochs=4, batch_size=16), 3e-3, seed=0)
+    return model, tokenizer
+
+
+def test_onion_removes_an_inserted_rare_word_and_keeps_clean_inputs(fluent_reference):
+    model, tokenizer = fluent_reference
+    clean = [ex.text for ex in synthetic_sentiment(60, seed=7)]
+    assert perplexities(model, tokenizer, ["the movie was dull ."], 8, "cpu")[0] < \
+        perplexities(model, tokenizer, ["the movie mn was dull ."], 8, "cpu")[0]
+    dev = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
+           for i, t in enumerate(ex.text for ex in synthetic_sentiment(80, seed=8))]
+    context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=32)
+    onion = build_defense(OnionConfig(clean_word_removal_rate=0.02), 2)
+    triggered = []
+    for text in clean:
+        words = text.split()
+        words.insert(len(words) // 2, "mn")
+        triggered.append(" ".join(words))
+    shown = onion.at_inference([Example(text=t, meta=ExampleMeta(source_index=i))
+                                for i, t in enumerate(clean + triggered)], context)
+    removed_trigger = sum("mn" not in ex.text.split() for ex in shown[60:])
+    assert removed_trigger >= 50  # of 60
+    kept_words = sum(len(ex.text.split()) for ex in shown[:60]) / sum(len(t.split()) for t in clean)
+    assert kept_words > 0.9
+    assert onion.threshold is not None and "ONION threshold" in context.notes[0]
+    assert build_defense(OnionConfig(threshold=1.0), 2).state() == {"threshold": 1.0}
