@@ -26,55 +26,15 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from common import ATTACKS, MODELS, ROOT, base_raw  # benchmarks/common.py
+
 from p2pdefense.bench import GridSpec, NamedCell, expand, run_cells, set_key
 from p2pdefense.bench_report import role, write_report
 from p2pdefense.config import validate_config
 from p2pdefense.io import write_json_atomic, write_text_atomic
-from p2pdefense.pipeline import prepare_data
+from p2pdefense.pipeline import prepare_data, vocabulary_strings
 from p2pdefense.store import ResultsStore
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = "configs/sst2_badnets_p2p.yaml"
-
-# the defender's zero-shot question for a chat model (their own task, not the attack): SmolLM2's chat markup
-SENTIMENT_PROMPT = {"template": "<|im_start|>user\nIs the sentiment of this movie review positive or negative?\n"
-                                "{text}<|im_end|>\n<|im_start|>assistant\n",
-                    "cue": "", "label_words": ["negative", "positive"]}
-TOPIC_PROMPT = {"template": "<|im_start|>user\nIs this news sentence about world, sports, business or science?\n"
-                            "{text}<|im_end|>\n<|im_start|>assistant\n",
-                "cue": "", "label_words": ["world", "sports", "business", "science"]}
-
-MODELS = {
-    # the tiny-sst2 grid's setting, plus a 500-row clean hold-out for the trusted cells (all cells share it)
-    "tiny": {"set": {"model.preset": "tiny", "train.epochs": 4, "train.batch_size": 32, "attack.rate": 0.05,
-                     "attack.target_label": 1, "data.trusted_holdout": 500},
-             "reference": "smollm2-135m", "seeds": [0, 1, 2, 3, 4]},
-    # smollm2-strong2 (1,500 SST-2 rows, 20% poison, LoRA all-linear, lr 1e-3, 2 epochs, 400 test rows)
-    "smollm2": {"set": {"model.preset": "smollm2-135m", "model.lora.target_modules": "all-linear",
-                        "data.max_train_rows": 1500, "data.max_test_rows": 400, "data.dev_fraction": 0.03,
-                        "train.epochs": 2, "train.batch_size": 16, "train.learning_rate": 1.0e-3,
-                        "attack.rate": 0.2, "data.trusted_holdout": 500},
-                "reference": "base", "seeds": [0, 1, 2]},
-}
-
-SST2 = {"prompt": SENTIMENT_PROMPT}
-ATTACKS = {
-    "badnets": {**SST2, "set": {"attack.name": "badnets", "attack.triggers": ["mn"]}},
-    "addsent": {**SST2, "set": {"attack.name": "addsent"}},
-    "ctba": {**SST2, "set": {"attack.name": "ctba"}},
-    "badnets-clean-label": {**SST2, "set": {"attack.name": "badnets", "attack.triggers": ["mn"],
-                                            "attack.clean_label": True}},
-    "synbkd-imdb": {**SST2, "set": {
-        "data.train": "../shared/data/imdb/train.jsonl", "data.test": None, "data.test_fraction": 0.2,
-        "data.id_field": "idx", "attack.name": "synbkd",
-        "attack.table": "../shared/data/imdb/train_syntactic_poisoned.json",
-        "attack.test_table": "../shared/data/imdb/train_syntactic_poisoned.json"}},
-    # more than two labels: synthetic 4-class news topics (data/synthetic.py), target label 1 (sports)
-    "topics4-badnets": {"prompt": TOPIC_PROMPT, "set": {
-        "data.train": None, "data.test": None, "data.synthetic": {"train_rows": 4000, "test_rows": 800},
-        "task.num_labels": 4, "task.label_names": ["world", "sports", "business", "science"],
-        "attack.name": "badnets", "attack.triggers": ["mn"]}},
-}
 POISONED_COUNTS = [0, 1, 2, 5, 10, 20]
 DEFENSES = {"p2p": {"defense.name": "p2p"}, "pdb": {"defense.name": "pdb"}}
 SALIENT_TRIGGER = "Safety check. The query currently entered, whatever it contains, is: "
@@ -120,14 +80,6 @@ def defense_cells(part: str, attack: dict, reference: str) -> dict[str, dict]:
         cells["p2p shared cue"] = {"defense.name": "p2p", "defense.cue": "shared"}
         cells["p2p salient trigger"] = {"defense.name": "p2p", "defense.benign_trigger": SALIENT_TRIGGER}
     return cells
-
-
-def base_raw() -> dict:
-    import yaml
-
-    raw = yaml.safe_load((ROOT / BASE).read_text(encoding="utf-8"))
-    raw.pop("output_dir", None)
-    return raw
 
 
 def choose_given_rows(config_raw: dict, defense: str, poisoned_count: int, seed: int) -> list[int] | None:
@@ -176,8 +128,23 @@ def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int
         if "poisoned" in parts or "key" in parts:
             counts = POISONED_COUNTS if "poisoned" in parts else [0]
             cells += given_cells(model, attack_name, counts, seeds, bench_dir)
-    return GridSpec(name=f"p2p-ablation-{model}", base=base_raw(), set=settings["set"], cells=cells,
+    # the tokenizer vocabulary of every part and attack, so that running some parts gives the same runs (and
+    # references) as running all of them
+    return GridSpec(name=f"p2p-ablation-{model}", base=base_raw(),
+                    set={**settings["set"], "model.tiny.vocabulary": full_vocabulary(model)}, cells=cells,
                     output_dir=str(bench_dir))
+
+
+def full_vocabulary(model: str) -> list[str]:
+    strings: set[str] = set()
+    for attack in ATTACKS.values():
+        for part in ("poisoned", "source", "knobs", "key"):
+            for overrides in defense_cells(part, attack, MODELS[model]["reference"]).values():
+                raw = base_raw()
+                for key, value in {**MODELS[model]["set"], **attack["set"], **overrides}.items():
+                    set_key(raw, key, value)
+                strings.update(vocabulary_strings(validate_config(raw)))
+    return sorted(strings)
 
 
 def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int], bench_dir: Path) -> list[NamedCell]:

@@ -144,8 +144,9 @@ def expand(spec: GridSpec, grid_dir: Path, bench_dir: Path) -> list[Cell]:
             if any(_matches(config, selector) for selector in spec.exclude):
                 continue
             configs.append((label, config))
-    # one tokenizer vocabulary for the whole grid (tiny preset): every run on the same data and seed shares it
-    strings = sorted({s for _, c in configs for s in vocabulary_strings(c)})
+    # one tokenizer vocabulary for the whole grid (tiny preset): every run on the same data and seed shares it;
+    # a vocabulary the grid sets itself is kept (a script that runs parts of a larger grid pins the whole one)
+    strings = sorted({s for _, c in configs for s in [*vocabulary_strings(c), *c.model.tiny.vocabulary]})
     cells: dict[str, Cell] = {}
     for label, config in configs:
         group = reference_configs(config) if spec.baselines else {config.defense.name: config}
