@@ -10,6 +10,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = "configs/sst2_badnets_p2p.yaml"
 
 
+SALIENT_TRIGGER = "Safety check. The query currently entered, whatever it contains, is: "
+# the tiny tokenizer's extra strings for every benchmark script: the same clean, undefended and defended runs (and
+# run hashes) whichever script or part asks for them. A script whose runs add a string must add it here.
+PINNED_VOCABULARY = sorted({"The query currently entered is: ", "Response: ", SALIENT_TRIGGER,
+                            "Defensive query, answer with the agreed code: ",
+                            *(f"{cue}{label}" for cue in ("Output: ", "Answer: ") for label in range(8))})
+
+
+def pinned_vocabulary(strings: set[str]) -> list[str]:
+    missing = sorted(set(strings) - set(PINNED_VOCABULARY))
+    if missing:
+        raise SystemExit(f"add {missing} to PINNED_VOCABULARY in benchmarks/common.py")
+    return PINNED_VOCABULARY
+
+
 def base_raw() -> dict:
     """The SST-2 base run configuration as a mapping (data paths relative to the repository root)."""
     raw = yaml.safe_load((ROOT / BASE).read_text(encoding="utf-8"))

@@ -26,7 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common import ATTACKS, MODELS, ROOT, base_raw  # benchmarks/common.py
+from common import ATTACKS, MODELS, ROOT, SALIENT_TRIGGER, base_raw, pinned_vocabulary  # benchmarks/common.py
 
 from p2pdefense.bench import GridSpec, NamedCell, expand, run_cells, set_key
 from p2pdefense.bench_report import role, write_report
@@ -37,7 +37,6 @@ from p2pdefense.store import ResultsStore
 
 POISONED_COUNTS = [0, 1, 2, 5, 10, 20]
 DEFENSES = {"p2p": {"defense.name": "p2p"}, "pdb": {"defense.name": "pdb"}}
-SALIENT_TRIGGER = "Safety check. The query currently entered, whatever it contains, is: "
 
 
 def scorer(name: str, prompt: dict) -> dict:
@@ -131,11 +130,12 @@ def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int
     # the tokenizer vocabulary of every part and attack, so that running some parts gives the same runs (and
     # references) as running all of them
     return GridSpec(name=f"p2p-ablation-{model}", base=base_raw(),
-                    set={**settings["set"], "model.tiny.vocabulary": full_vocabulary(model)}, cells=cells,
+                    set={**settings["set"], "model.tiny.vocabulary": pinned_vocabulary(full_vocabulary(model))},
+                    cells=cells,
                     output_dir=str(bench_dir))
 
 
-def full_vocabulary(model: str) -> list[str]:
+def full_vocabulary(model: str) -> set[str]:
     strings: set[str] = set()
     for attack in ATTACKS.values():
         for part in ("poisoned", "source", "knobs", "key"):
@@ -144,7 +144,7 @@ def full_vocabulary(model: str) -> list[str]:
                 for key, value in {**MODELS[model]["set"], **attack["set"], **overrides}.items():
                     set_key(raw, key, value)
                 strings.update(vocabulary_strings(validate_config(raw)))
-    return sorted(strings)
+    return strings
 
 
 def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int], bench_dir: Path) -> list[NamedCell]:

@@ -1,0 +1,220 @@
+"""Every defense against every attack, on the same data, seeds and metrics; a recommendation per threat.
+
+    python benchmarks/defense_suite.py --model tiny                    # 3 seeds, every attack and defense
+    python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks badnets --defenses strip-1% onion
+    python benchmarks/defense_suite.py --model smollm2 --seeds 0       # the SmolLM2 strong2 setting
+    python benchmarks/defense_suite.py --dry-run
+
+Resumable (finished cells are skipped). Writes benchmarks/results/defense-suite-<model>/: results.md / .html,
+the ASR heatmap and other plots (`p2p report`), and suite.md: per attack and defense CA, ASR, the clean floor,
+triggered accuracy, rejection rates and the wall-time cost against the undefended run of the same seed, then
+"which defense for which threat": per attack the defenses within 5 points of the floor with a CA drop of at most
+1.5 points (mean over seeds), else the closest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from common import ATTACKS, MATH, MODELS, ROOT, base_raw, pinned_vocabulary  # benchmarks/common.py
+
+from p2pdefense.bench import GridSpec, NamedCell, expand, run_cells, set_key
+from p2pdefense.bench_report import write_report
+from p2pdefense.config import validate_config
+from p2pdefense.defenses import DEFENSES as REGISTRY
+from p2pdefense.io import write_text_atomic
+from p2pdefense.pipeline import finished_metrics, vocabulary_strings
+from p2pdefense.store import ResultsStore
+
+SUITE_ATTACKS = {name: ATTACKS[name] for name in ("badnets", "addsent", "ctba", "badnets-clean-label",
+                                                  "synbkd-imdb", "vpi")} | {"math-badnets": MATH}
+CONTROL = {"tiny": {"train.epochs": 1, "train.learning_rate": 5.0e-4},
+           "smollm2": {"train.epochs": 1, "train.learning_rate": 1.0e-4, "model.lora.r": 2}}
+
+
+def defenses(model: str, prompt: dict) -> dict[str, dict]:
+    reference = MODELS[model]["reference"]
+    ranked = {"defense.subset": "ranked", "defense.reference": reference,
+              "defense.scorer": {"name": "reference_agreement", **prompt}}
+    trusted = {"defense.trusted_data": "holdout", "defense.trusted_rows": 200}
+    return {
+        "p2p": {"defense.name": "p2p"},
+        "p2p-ranked": {"defense.name": "p2p", **ranked},
+        "pdb": {"defense.name": "pdb"},
+        "pdb-ranked": {"defense.name": "pdb", **ranked},
+        "pdb-trusted-200": {"defense.name": "pdb", "defense.subset": "trusted", **trusted},
+        "spectral": {"defense.name": "spectral"},
+        "abl": {"defense.name": "abl"},
+        "finetune-200": {"defense.name": "finetune", **trusted},
+        "strip-1%": {"defense.name": "strip", "defense.false_rejection_rate": 0.01},
+        "strip-5%": {"defense.name": "strip", "defense.false_rejection_rate": 0.05},
+        "onion": {"defense.name": "onion", "defense.reference": reference},
+        # no defense, trained moderately: no defense should be credited for under-fitting
+        "moderate-fitting": {"defense.name": "none", **CONTROL[model]},
+    }
+
+
+def applies(overrides: dict, task: str) -> bool:
+    tasks = REGISTRY[overrides["defense.name"]].tasks
+    return tasks is None or task in tasks
+
+
+def build_spec(model: str, attacks: list[str], names: list[str] | None, seeds: list[int], bench_dir) -> GridSpec:
+    cells, strings = [], set()
+    for attack_name in attacks:
+        attack = SUITE_ATTACKS[attack_name]
+        task = attack["set"].get("task.name", "classification")
+        for name, overrides in defenses(model, attack["prompt"]).items():
+            raw = base_raw()
+            for key, value in {**MODELS[model]["set"], **attack["set"], **overrides}.items():
+                set_key(raw, key, value)
+            if not applies(overrides, task):
+                continue
+            strings.update(vocabulary_strings(validate_config(raw)))
+            if names and name not in names:
+                continue
+            cells += [NamedCell(name=f"{attack_name} | {name}, seed={seed}",
+                                set={**attack["set"], **overrides, "seed": seed}) for seed in seeds]
+    return GridSpec(name=f"defense-suite-{model}", base=base_raw(),
+                    set={**MODELS[model]["set"], "model.tiny.vocabulary": pinned_vocabulary(strings)}, cells=cells,
+                    output_dir=str(bench_dir))
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _fmt(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+
+
+def suite_table(bench_dir) -> str:
+    rows = ResultsStore(bench_dir).rows()
+    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    refs: dict[tuple[str, str, int], dict] = {}
+    for r in rows:
+        label = r.get("cell") or ""
+        if " | " not in label:
+            continue
+        attack, rest = label.split(" | ", 1)
+        name, seed = rest.split(", seed=")[0], r["config"]["seed"]
+        reference = "clean" if label.endswith("(clean)") else "undefended" if label.endswith("(undefended)") else None
+        if name == "moderate-fitting":  # no defense: the bench files it as an undefended run of its own
+            if reference != "clean":
+                cells[(attack, name)].append(r)
+        elif reference is not None:
+            refs[(attack, reference, seed)] = r["metrics"]
+        else:
+            cells[(attack, name)].append(r)
+    lines = ["# Defense suite", "",
+             "Mean ± sd over seeds. floor: the clean model's ASR. cost: wall time against the undefended run of the "
+             "same seed. A rejected input is neither correct nor an attack success. The moderate-fitting row is no "
+             "defense, trained less (a control).", ""]
+    verdicts = []
+    for attack in sorted({a for a, _ in cells}):
+        lines += [f"## {attack}", "", "| defense | seeds | CA % | ASR % | floor % | triggered acc. % | "
+                  "rejected clean / trig. % | CA drop (pts) | cost (x) |", "|---|---|---|---|---|---|---|---|---|"]
+        und = [m for (a, k, _), m in refs.items() if a == attack and k == "undefended"]
+        floor_values = [m.get("asr") for (a, k, _), m in refs.items() if a == attack and k == "clean"]
+        floor = _mean(floor_values)
+        lines.append(f"| undefended | {len(und)} | {_fmt([m['ca'] for m in und])} | "
+                     f"{_fmt([m.get('asr') for m in und])} | {_fmt(floor_values)} | "
+                     f"{_fmt([m.get('triggered_accuracy') for m in und])} | | | 1.0 |")
+        candidates = []
+        for (a, name), members in sorted(cells.items()):
+            if a != attack:
+                continue
+            ms = [r["metrics"] for r in members]
+            drops, costs = [], []
+            for r in members:
+                u = refs.get((attack, "undefended", r["config"]["seed"]))
+                if u is not None:
+                    drops.append(u["ca"] - r["metrics"]["ca"])
+                    costs.append(r["metrics"].get("wall_seconds", 0) / max(u.get("wall_seconds") or 1e-9, 1e-9))
+            rejected = [m.get("rejection_rate_clean") for m in ms]
+            rejections = (f"{_fmt(rejected)} / {_fmt([m.get('rejection_rate_triggered') for m in ms])}"
+                          if any(rejected) else "")
+            asr, drop = _mean([m.get("asr") for m in ms]), _mean(drops)
+            lines.append(
+                f"| {name} | {len(ms)} | {_fmt([m['ca'] for m in ms])} | {_fmt([m.get('asr') for m in ms])} | "
+                f"{_fmt(floor_values)} | {_fmt([m.get('triggered_accuracy') for m in ms])} | {rejections}"
+                f" | {'' if drop is None else f'{100 * drop:.1f}'} | "
+                f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")
+            if asr is not None and floor is not None and drop is not None and name != "moderate-fitting":
+                candidates.append((name, asr - floor, drop))
+        lines.append("")
+        meeting = [c for c in candidates if c[1] <= 0.05 and c[2] <= 0.015]
+        if meeting:
+            verdicts.append(f"| {attack} | " + ", ".join(f"{n} (ASR {100 * g:+.1f} over floor, CA drop "
+                                                           f"{100 * d:.1f})" for n, g, d in meeting) + " | yes |")
+        elif candidates:
+            kept = [c for c in candidates if c[2] <= 0.015] or candidates
+            n, g, d = min(kept, key=lambda c: c[1])
+            verdicts.append(f"| {attack} | closest: {n} (ASR {100 * g:+.1f} over floor, CA drop {100 * d:.1f}) | no |")
+    lines += ["## Which defense for which threat", "",
+              "Goal: ASR within 5 points of the clean floor with a CA drop of at most 1.5 points (means over seeds).",
+              "", "| attack | defenses meeting the goal (else the closest with CA drop <= 1.5) | goal met |",
+              "|---|---|---|", *verdicts, ""]
+    return "\n".join(lines) + "\n"
+
+
+def reuse_runs(cells, sources: list[Path], bench_dir: Path) -> int:
+    """Copy finished runs of exactly a cell's configuration (same hash) from other bench directories."""
+    copied = 0
+    for cell in cells:
+        target = bench_dir / "runs" / cell.hash
+        if target.exists():
+            continue
+        for source in sources:
+            if finished_metrics(source / "runs" / cell.hash, cell.config) is not None:
+                shutil.copytree(source / "runs" / cell.hash, target)
+                copied += 1
+                break
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--attacks", nargs="+", choices=sorted(SUITE_ATTACKS), default=sorted(SUITE_ATTACKS))
+    parser.add_argument("--defenses", nargs="+", help="defense cell names (default: all)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--reuse", nargs="*", default=None,
+                        help="bench directories whose finished runs of the same configuration are copied in "
+                             "(default: the P2P ablation's of this model)")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # data paths in the configurations are relative to the repository root
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    bench_dir = ROOT / "benchmarks" / "results" / f"defense-suite-{args.model}"
+    cells = expand(build_spec(args.model, args.attacks, args.defenses, args.seeds, bench_dir), ROOT, bench_dir)
+    print(f"{len(cells)} cells (with references) in {bench_dir}")
+    if args.dry_run:
+        for cell in cells:
+            print(f"  {cell.hash}  {cell.label}")
+        return 0
+    reuse = args.reuse if args.reuse is not None else [ROOT / "benchmarks" / "results" / f"p2p-ablation-{args.model}"]
+    copied = reuse_runs(cells, [Path(d) for d in reuse], bench_dir)
+    print(f"{copied} finished runs copied from {', '.join(map(str, reuse))}")
+    failed = run_cells(cells, bench_dir, args.workers)
+    write_report([bench_dir])
+    write_text_atomic(bench_dir / "suite.md", suite_table(bench_dir))
+    print(f"{bench_dir / 'suite.md'}; {len(failed)} cells failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
