@@ -23,7 +23,7 @@ from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
 from .defenses import DefenseContext, MissingRequirement, build_defense
-from .defenses.probe import cached_probe, cached_scores, train_probe
+from .defenses.probe import cached_probe, cached_scores, train_probe, train_probe_model
 from .evaluate import auroc, compare, evaluate, summarize
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import ModelConfig, load_base_model, save_trained, training_precision
@@ -278,16 +278,19 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     learning_rate = default_learning_rate(config)
     probe_identity = {"model": config.model.model_dump(mode="json"), "task": config.task.model_dump(mode="json"),
                       "train": config.train.model_dump(mode="json"), "seed": config.seed}
+    def load_probe_base():
+        return load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
+
     context = DefenseContext(
         seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev], batch_size=batch,
         device=device, train_config=config.train, learning_rate=learning_rate,
         trusted_source=trusted_loader(config, splits.trusted),
         probe_source=lambda settings, rows: cached_probe(
             cache_root() / "probes", rows, settings, probe_identity,
-            lambda: train_probe(rows, settings, config.task,
-                                lambda: load_base_model(config.model, corpus, config.seed, dtype=load_dtype,
-                                                        device=device),
-                                config.train, learning_rate, config.seed, device)),
+            lambda: train_probe(rows, settings, config.task, load_probe_base, config.train, learning_rate,
+                                config.seed, device)),
+        probe_model_source=lambda settings, rows: train_probe_model(
+            rows, settings, config.task, load_probe_base, config.train, learning_rate, config.seed, device),
         reference_source=lambda name: load_reference(name, config, corpus, device),
         # "base" references depend on the run's model and seed: they are part of every key
         score_cache=lambda rows, settings, compute: cached_scores(cache_root() / "scores", rows,

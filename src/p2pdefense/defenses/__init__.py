@@ -1,4 +1,4 @@
-from . import abl, finetune, none, onion, p2p, pdb, spectral, strip  # noqa: F401  (modules register themselves)
+from . import abl, activation_clustering, bki, finetune, none, onion, p2p, pdb, spectral, strip  # noqa: F401  (modules register themselves)
 from .base import Defense, DefenseConfig
 from .context import DefenseContext, MissingRequirement
 from .output_space import BenignTrigger, OutputSpace, PermutedSpace, ShiftedSpace

@@ -31,6 +31,7 @@ class DefenseContext:
     trusted_source: Callable[[str], list[Example]] | None = None
     """Loads trusted rows: a file path, or 'holdout' (the data.trusted_holdout rows)."""
     probe_source: Callable[[Any, list[Example]], Any] | None = None
+    probe_model_source: Callable[[Any, list[Example]], tuple[Any, Any]] | None = None
     reference_source: Callable[[str], tuple[Any, Any]] | None = None
     score_cache: Callable[[list[Example], dict, Callable[[], list[float]]], list[float]] | None = None
     """Caches per-row scores by rows and settings (None: compute every time)."""
@@ -66,6 +67,12 @@ class DefenseContext:
 
     def cached_scores(self, rows: list[Example], settings: dict, compute: Callable[[], list[float]]) -> list[float]:
         return compute() if self.score_cache is None else self.score_cache(rows, settings, compute)
+
+    def probe_model(self, settings, rows: list[Example]) -> tuple[Any, Any]:
+        """(model, task): a probe model trained on `rows` now (not cached), for defenses that query it."""
+        if self.probe_model_source is None:
+            raise MissingRequirement("this defense needs a probe model, which this run cannot train")
+        return self.probe_model_source(settings, rows)
 
     def reference(self, name: str) -> tuple[Any, Any]:
         """(model, tokenizer) of a reference LM: 'base' (the run's base model before fine-tuning),

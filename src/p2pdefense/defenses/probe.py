@@ -50,26 +50,38 @@ def last_prompt_states(model, features: list[dict[str, list[int]]], pad_id: int,
     return torch.cat(states) if states else torch.zeros(0)
 
 
-def train_probe(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
-                learning_rate: float, seed: int, device) -> ProbeStats:
+def train_probe_model(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
+                      learning_rate: float, seed: int, device,
+                      on_epoch_end: Callable[[object, object, int], None] | None = None) -> tuple:
+    """(model, task): the base model trained on `rows` with the task's own output space.
+    on_epoch_end(model, task, epoch) sees it after every epoch."""
     from ..train import make_accelerator, train
 
     model, tokenizer = load_model()
-    task = task_config.build(tokenizer, OutputSpace(getattr(task_config, "num_labels", 0)), train_config.max_length)
+    task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), train_config.max_length)
     features = [task.encode_training(ex) for ex in rows]
-    margins: list[list[float]] = []
-
-    def record(trained, epoch: int) -> None:
-        margins.append(task.margins(trained, rows, train_config.eval_batch_size, device))
-
     probe_config = train_config.model_copy(update={"epochs": settings.epochs, "select_best_epoch": False})
     flooded = None
     if settings.loss == "flooded":  # rows learned below gamma are pushed back up: only fast shortcuts stay low
         def flooded(loss):
             return torch.sign(loss - settings.gamma) * loss
     train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate, seed,
-          accelerator=make_accelerator(probe_config), on_epoch_end=record, loss_transform=flooded)
-    states = last_prompt_states(model, features, tokenizer.pad_token_id, settings.layer,
+          accelerator=make_accelerator(probe_config), loss_transform=flooded,
+          on_epoch_end=None if on_epoch_end is None else lambda m, epoch: on_epoch_end(m, task, epoch))
+    return model, task
+
+
+def train_probe(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
+                learning_rate: float, seed: int, device) -> ProbeStats:
+    margins: list[list[float]] = []
+
+    def record(trained, task, epoch: int) -> None:
+        margins.append(task.margins(trained, rows, train_config.eval_batch_size, device))
+
+    model, task = train_probe_model(rows, settings, task_config, load_model, train_config, learning_rate, seed,
+                                    device, record)
+    features = [task.encode_training(ex) for ex in rows]
+    states = last_prompt_states(model, features, task.tokenizer.pad_token_id, settings.layer,
                                 train_config.eval_batch_size, device)
     return ProbeStats(margins, states)
 
