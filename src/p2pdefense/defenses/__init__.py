@@ -1,4 +1,16 @@
-from . import abl, activation_clustering, bki, finetune, none, onion, p2p, pdb, spectral, strip  # noqa: F401  (modules register themselves)
+from . import (  # noqa: F401  (modules register themselves)
+    abl,
+    activation_clustering,
+    bki,
+    crow,
+    finetune,
+    none,
+    onion,
+    p2p,
+    pdb,
+    spectral,
+    strip,
+)
 from .base import Defense, DefenseConfig
 from .context import DefenseContext, MissingRequirement
 from .output_space import BenignTrigger, OutputSpace, PermutedSpace, ShiftedSpace

@@ -1,0 +1,42 @@
+import torch
+
+from p2pdefense.data import synthetic_sentiment
+from p2pdefense.defenses import DefenseContext, OutputSpace, build_defense
+from p2pdefense.defenses.crow import CrowConfig, consistency_loss
+from p2pdefense.models import ModelConfig, load_base_model
+from p2pdefense.tasks import ClassificationConfig
+from p2pdefense.train import TrainConfig, collate
+
+
+def test_consistency_loss_is_zero_for_aligned_states_and_ignores_padding():
+    a = torch.randn(2, 3, 8)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert consistency_loss((a, 2 * a, a), mask).item() < 1e-6  # same directions
+    b = a.clone()
+    b[0, 2] = -a[0, 2]  # opposite only at a padded position
+    assert consistency_loss((a, b), mask).item() < 1e-6
+
+
+def test_crow_keeps_the_layers_more_consistent_than_fine_tuning_without_it():
+    task_config = ClassificationConfig()
+    rows = synthetic_sentiment(64, seed=1)
+    corpus = [task_config.corpus_text(ex) for ex in rows] + ["Output: 0 1"]
+    settings = ModelConfig(tiny={"vocab_size": 300, "hidden_size": 32, "num_layers": 3, "num_heads": 2})
+
+    def repaired(alpha: float) -> tuple[float, list[str]]:
+        model, tokenizer = load_base_model(settings, corpus, seed=0)
+        task = task_config.build(tokenizer, OutputSpace(2), 64)
+        context = DefenseContext(task=task, trusted_source=lambda spec: rows,
+                                 train_config=TrainConfig(batch_size=16), learning_rate=3e-3)
+        crow = build_defense(CrowConfig(trusted_data="mine", trusted_rows=64, epochs=3, alpha=alpha), 2)
+        assert crow.after_training(model, context) is model
+        batch = collate([task.encode_training(ex) for ex in rows], tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=True)
+        return consistency_loss(out.hidden_states, batch["attention_mask"]).item(), context.notes
+
+    regularized, notes = repaired(5.5)
+    plain, _ = repaired(0.0)  # the same steps with the answer loss only
+    assert regularized < 0.8 * plain
+    assert "CROW on 64 trusted rows, 3 epochs" in notes[0]
