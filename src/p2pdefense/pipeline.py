@@ -337,9 +337,10 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
         return task.quality(predictions)[config.task.quality_metric]
 
     mark = lap("encode", mark)
-    train_report = train(model, features, tokenizer.pad_token_id, config.train, learning_rate,
+    trained = defense.training_model(model, context)
+    train_report = train(trained, features, tokenizer.pad_token_id, config.train, learning_rate,
                          config.seed, dev_quality if splits.dev else None, accelerator, checkpoints, resume)
-    model = accelerator.unwrap_model(model)
+    model = defense.trained_model(accelerator.unwrap_model(trained))
     mark = lap("train", mark)
     model = context.model = defense.after_training(model, context)
     mark = lap("after_training", mark)

@@ -3,6 +3,7 @@
 A run calls the stages in this order; each is the identity unless a defense overrides it:
   filter_data       drop training rows (may ask the context for a probe model's statistics)
   rewrite_training  change training rows (P2P, PDB re-poison a subset)
+  training_model    what is trained in the model's place (DPoE: a product of experts), and trained_model back
   after_training    repair the trained model (optionally with trusted rows)
   at_inference      rewrite each test input (P2P puts its benign trigger in)
   rejected          after the model answered: which inputs to reject (abstain on)
@@ -74,6 +75,14 @@ class Defense:
 
     def rewrite_training(self, examples: list[Example], context: DefenseContext) -> list[Example]:
         return examples
+
+    def training_model(self, model, context: DefenseContext):
+        """The module to train in place of the model (DPoE: the model with a shallow expert beside it)."""
+        return model
+
+    def trained_model(self, model):
+        """The model to evaluate and save, from what `training_model` returned after training."""
+        return model
 
     def after_training(self, model, context: DefenseContext):
         return model
