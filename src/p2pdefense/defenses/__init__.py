@@ -3,6 +3,7 @@ from . import (  # noqa: F401  (modules register themselves)
     activation_clustering,
     bki,
     crow,
+    cube,
     dpoe,
     finetune,
     none,
