@@ -126,3 +126,15 @@ def test_reference_scores_are_cached_by_rows_and_settings(sentiment_reference, t
     assert scorer.suspicion(rows, context()) == first and loads == ["base"]  # the second run loads nothing
     build_scorer(ReferenceAgreementConfig(label_words=["good", "bad"]), "base").suspicion(rows, context())
     assert loads == ["base", "base"]  # other settings: scored again
+
+
+def test_margins_also_name_the_answer_the_model_prefers(sentiment_reference):
+    from p2pdefense.defenses import OutputSpace
+
+    task_config, model, tokenizer = sentiment_reference
+    rows = synthetic_sentiment(100, seed=11)
+    task = task_config.build(tokenizer, OutputSpace(2), 64)
+    margins, preferred = task.margins(model, rows, 32, "cpu")
+    assert sum(p == ex.label for p, ex in zip(preferred, rows, strict=True)) >= 90
+    # a positive margin means the given label is the preferred one
+    assert all((m > 0) == (p == ex.label) for m, p, ex in zip(margins, preferred, rows, strict=True))

@@ -76,7 +76,7 @@ def train_probe(rows: list[Example], settings, task_config, load_model: Callable
     margins: list[list[float]] = []
 
     def record(trained, task, epoch: int) -> None:
-        margins.append(task.margins(trained, rows, train_config.eval_batch_size, device))
+        margins.append(task.margins(trained, rows, train_config.eval_batch_size, device)[0])
 
     model, task = train_probe_model(rows, settings, task_config, load_model, train_config, learning_rate, seed,
                                     device, record)

@@ -122,7 +122,8 @@ class ReferenceAgreement(Scorer):
         def compute() -> list[float]:
             model, tokenizer = context.reference(self.reference)
             task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), self.config.max_prompt_tokens)
-            return [-m for m in task.margins(model, examples, context.batch_size, context.device)]
+            margins, _ = task.margins(model, examples, context.batch_size, context.device)
+            return [-m for m in margins]
 
         settings = {"scorer": self.config.model_dump(mode="json"), "reference": self.reference,
                     "task": task_config.model_dump(mode="json")}

@@ -116,9 +116,10 @@ class Task(ABC):
         """The true answer of a row (what its predictions are scored against)."""
 
     @abstractmethod
-    def margins(self, model, examples: list[Example], batch_size: int, device) -> list[float]:
-        """How much the model prefers each row's given answer: for a label, its score minus the best other
-        label's; for an output, minus its mean token loss."""
+    def margins(self, model, examples: list[Example], batch_size: int, device) -> tuple[list[float], list[Any]]:
+        """How much the model prefers each row's given answer (for a label, its score minus the best other
+        label's; for an output, minus its mean token loss), and the answer it prefers (a label; None for
+        generation, where that would take decoding)."""
 
     @abstractmethod
     def score(self, output, truth: RowTruth, rejected: bool, target: Any) -> Prediction:

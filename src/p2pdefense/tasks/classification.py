@@ -211,16 +211,19 @@ class ClassificationTask(Task):
     def gold(self, example: Example) -> int | None:
         return example.label
 
-    def margins(self, model, examples: list[Example], batch_size: int, device) -> list[float]:
+    def margins(self, model, examples: list[Example], batch_size: int,
+                device) -> tuple[list[float], list[int]]:
         outputs, _ = self.outputs(model, examples, [None] * len(examples), batch_size, device)
-        margins = []
+        n = self.config.num_labels
+        margins, preferred = [], []
         for ex, out in zip(examples, outputs, strict=True):
-            if ex.label >= self.config.num_labels:  # a label outside the task's space fits no content
+            scores = out.scores[:n]
+            preferred.append(max(range(n), key=scores.__getitem__))
+            if ex.label >= n:  # a label outside the task's space fits no content
                 margins.append(-1e9)
                 continue
-            others = [s for i, s in enumerate(out.scores[: self.config.num_labels]) if i != ex.label]
-            margins.append(out.scores[ex.label] - max(others))
-        return margins
+            margins.append(scores[ex.label] - max(s for i, s in enumerate(scores) if i != ex.label))
+        return margins, preferred
 
     def score(self, output: LabelOutput, truth: RowTruth, rejected: bool, target: int | None) -> LabelPrediction:
         success = None

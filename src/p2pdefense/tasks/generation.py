@@ -185,11 +185,12 @@ class GenerationTask(Task):
     def gold(self, example: Example) -> str | None:
         return example.target
 
-    def margins(self, model, examples: list[Example], batch_size: int, device) -> list[float]:
+    def margins(self, model, examples: list[Example], batch_size: int, device) -> tuple[list[float], list[None]]:
         from ..train import answer_losses
 
         features = [self.encode_training(ex) for ex in examples]
-        return [-loss for loss in answer_losses(model, features, self.tokenizer.pad_token_id, batch_size, device)]
+        losses = answer_losses(model, features, self.tokenizer.pad_token_id, batch_size, device)
+        return [-loss for loss in losses], [None] * len(examples)
 
     def score(self, output: Generation, truth: RowTruth, rejected: bool, target) -> GenerationPrediction:
         gold = truth.gold
