@@ -33,6 +33,19 @@ def test_switching_a_section_name_keeps_only_the_keys_the_new_one_accepts():
     assert raw["attack"]["rate"] == 0.2
 
 
+def test_the_hash_covers_what_differs_from_the_defaults_and_every_name():
+    from p2pdefense.bench import config_hash, non_default
+    from p2pdefense.config import load_config
+
+    addsent, ctba = load_config(None, ["attack.name=addsent"]), load_config(None, ["attack.name=ctba"])
+    assert non_default(addsent)["attack"] == {"name": "addsent"}
+    assert config_hash(addsent) != config_hash(ctba)
+    # a value equal to the default is the same run, however it was written
+    assert config_hash(load_config(None, ["defense.name=p2p"])) == \
+        config_hash(load_config(None, ["defense.name=p2p", "defense.ratio=0.2"]))
+    assert config_hash(addsent) == config_hash(addsent.model_copy(update={"name": "x", "output_dir": "elsewhere"}))
+
+
 def test_cells_share_their_references_and_exclusions_apply(tmp_path):
     spec = grid(axes={"defense.ratio": [0.1, 0.3], "seed": [0, 1]})
     cells = expand(spec, tmp_path, tmp_path / "bench")
@@ -126,6 +139,13 @@ def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
     again = runner.invoke(app, ["bench", str(grid_path)])
     assert again.exit_code == 0 and ran == []  # every cell finished: nothing runs again
     assert "6 of 6" in again.output
+    # a run written under an older hash of its configuration is renamed to the current one, not run again
+    runs = tmp_path / "bench" / "runs"
+    moved = sorted(runs.iterdir())[0]
+    moved.rename(runs / "0123456789ab")
+    migrated = runner.invoke(app, ["bench", str(grid_path)])
+    assert migrated.exit_code == 0 and ran == [] and moved.exists() and not (runs / "0123456789ab").exists()
+    assert len(store.rows()) == 6 and {r["hash"] for r in store.rows()} == {d.name for d in runs.iterdir()}
     store.path.unlink()
     rebuilt = runner.invoke(app, ["bench", str(grid_path), "--rebuild-store"])
     assert rebuilt.exit_code == 0 and len(store.rows()) == 6

@@ -62,10 +62,50 @@ class GridSpec(BaseModel):
     output_dir: str | None = Field(None, description="the bench directory; default benchmarks/results/<name>")
 
 
+def non_default(value: Any) -> Any:
+    """A configuration as the settings that differ from their defaults (and every `name`, which tells attacks,
+    defenses and tasks apart): a setting added later with a default that keeps the old behaviour leaves the
+    hashes of existing runs alone."""
+    if isinstance(value, BaseModel):
+        out = {}
+        for key, field in type(value).model_fields.items():
+            item = getattr(value, key)
+            if key == "name" or item != field.get_default(call_default_factory=True):
+                out[key] = non_default(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [non_default(v) for v in value]
+    if isinstance(value, dict):
+        return {k: non_default(v) for k, v in value.items()}
+    return value
+
+
 def config_hash(config: RunConfig) -> str:
     """A short hash of everything that determines a run (not where it is written)."""
-    dump = config.model_dump(mode="json", exclude={"output_dir", "name"})
-    return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:12]
+    dump = non_default(config.model_copy(update={"output_dir": "runs", "name": None}))
+    return hashlib.sha256(json.dumps(dump, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def migrate_run_dirs(cells: list[Cell], bench_dir: Path) -> int:
+    """Rename run directories written under an older hash of a cell's configuration (the hash rule changed, or a
+    setting was added) to the cell's hash; returns how many moved."""
+    from .config import load_config
+
+    wanted = {c.hash for c in cells}
+    moved = 0
+    for directory in sorted((bench_dir / "runs").glob("*")) if (bench_dir / "runs").exists() else []:
+        if directory.name in wanted or directory.name.startswith(".") or not (directory / "config.yaml").exists():
+            continue
+        try:
+            digest = config_hash(load_config(directory / "config.yaml"))
+        except ValueError:
+            continue
+        target = bench_dir / "runs" / digest
+        if digest in wanted and not target.exists():
+            directory.rename(target)
+            moved += 1
+            log.info("run %s is cell %s under the current hash rule: renamed", directory.name, digest)
+    return moved
 
 
 def set_key(raw: dict, key: str, value: Any) -> None:
@@ -197,6 +237,8 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
 
     store = ResultsStore(bench_dir, shard)
     store.record_labels({c.hash: c.label for c in cells})
+    if migrate_run_dirs(cells, bench_dir):
+        store.rebuild()  # its rows still name the old hashes
     todo = [c for c in cells if finished_metrics(bench_dir / "runs" / c.hash, c.config) is None]
     for c in cells:  # finished runs whose row was lost: back into the store
         if c not in todo:
