@@ -65,6 +65,9 @@ def defense_cells(part: str, attack: dict, reference: str) -> dict[str, dict]:
                                                    "defense.scorer": scorer(score, prompt)}
         cells["p2p ranked reference_agreement, reject"] = {
             **cells["p2p ranked reference_agreement"], "defense.out_of_space": "reject"}
+        for name in DEFENSES:
+            cells[f"{name} ranked reference_agreement, counter-examples 5%"] = {
+                **cells[f"{name} ranked reference_agreement"], "defense.counter_examples": 0.05}
     if part == "key":
         for name, base in DEFENSES.items():
             cells[f"{name} ranked reference_agreement"] = {**base, "defense.subset": "ranked",

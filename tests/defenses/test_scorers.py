@@ -138,3 +138,26 @@ def test_margins_also_name_the_answer_the_model_prefers(sentiment_reference):
     assert sum(p == ex.label for p, ex in zip(preferred, rows, strict=True)) >= 90
     # a positive margin means the given label is the preferred one
     assert all((m > 0) == (p == ex.label) for m, p, ex in zip(margins, preferred, rows, strict=True))
+
+
+def test_counter_examples_relabel_the_most_suspicious_rows_with_the_reference_answer(sentiment_reference):
+    from p2pdefense.defenses import build_defense
+    from p2pdefense.defenses.p2p import P2PConfig
+
+    task_config, model, tokenizer = sentiment_reference
+    rows = synthetic_sentiment(200, seed=13)
+    flipped = set(random.Random(1).sample(range(200), 10))
+    given = [Example(ex.text, 1 - ex.label if i in flipped else ex.label, ex.meta) for i, ex in enumerate(rows)]
+    context = DefenseContext(task_config=task_config, reference_source=lambda name: (model, tokenizer),
+                             batch_size=32)
+    config = P2PConfig(ratio=0.1, subset="ranked", counter_examples=0.05, counter_example_margin=0.0,
+                       scorer={"name": "reference_agreement", "label_words": ["bad", "good"]})
+    out = build_defense(config, 2).training_rows(given, context)
+    assert len(out) == 200  # replace mode: the relabelled rows are rewritten in place
+    benign = {ex.meta.source_index: ex for ex in out if ex.meta.benign}
+    assert len(benign) == 20 + 10  # 10% per label, plus 5% counter-examples
+    relabelled = [i for i in benign if benign[i].label - 2 != given[i].label]
+    assert len(relabelled) == 10 and len(set(relabelled) & flipped) >= 8
+    assert all(benign[i].label - 2 == rows[i].label for i in relabelled if i in flipped)  # the true label, shifted
+    with pytest.raises(ValueError, match="counter_examples needs subset=ranked"):
+        P2PConfig(counter_examples=0.1)

@@ -33,8 +33,8 @@ class DefenseContext:
     probe_source: Callable[[Any, list[Example]], Any] | None = None
     probe_model_source: Callable[[Any, list[Example]], tuple[Any, Any]] | None = None
     reference_source: Callable[[str], tuple[Any, Any]] | None = None
-    score_cache: Callable[[list[Example], dict, Callable[[], list[float]]], list[float]] | None = None
-    """Caches per-row scores by rows and settings (None: compute every time)."""
+    score_cache: Callable[[list[Example], dict, Callable[[], Any]], Any] | None = None
+    """Caches per-row scores (any JSON value) by rows and settings (None: compute every time)."""
     task: Any = None
     """The task bound to the run's tokenizer and the defense's output space (set once the model is loaded)."""
     model: Any = None
@@ -65,7 +65,7 @@ class DefenseContext:
             raise MissingRequirement("this defense needs a probe model, which this run cannot train")
         return self.probe_source(settings, rows)
 
-    def cached_scores(self, rows: list[Example], settings: dict, compute: Callable[[], list[float]]) -> list[float]:
+    def cached_scores(self, rows: list[Example], settings: dict, compute: Callable[[], Any]) -> Any:
         return compute() if self.score_cache is None else self.score_cache(rows, settings, compute)
 
     def probe_model(self, settings, rows: list[Example]) -> tuple[Any, Any]:

@@ -73,8 +73,10 @@ class P2P(Defense):
     def rewrite_training(self, examples: list[Example], context: DefenseContext) -> list[Example]:
         """replace: the chosen rows are rewritten in place (and added repeat - 1 more times); union: repeat
         benign copies of them are added. Trusted rows are always added, repeat times."""
-        chosen = choose_training_rows(examples, self.config.ratio, self.config, context, self.config.balanced)
-        benign = [self._benign(examples[i]) for i in chosen]
+        choice = choose_training_rows(examples, self.config.ratio, self.config, context, self.config.balanced)
+        chosen = choice.rows
+        benign = [self._benign(replace(examples[i], label=choice.relabel.get(i, examples[i].label)))
+                  for i in chosen]
         trusted = []
         if self.config.subset == "trusted":
             trusted = [self._benign(ex) for ex in trusted_subset(self.config, context)]

@@ -52,8 +52,9 @@ class PDB(Defense):
 
     def rewrite_training(self, examples: list[Example], context: DefenseContext) -> list[Example]:
         """The training rows unchanged, plus `repeat` defensive copies of each chosen (or trusted) row."""
-        chosen = choose_training_rows(examples, self.config.ratio, self.config, context, self.config.balanced)
-        defensive = [self._defensive(examples[i]) for i in chosen]
+        choice = choose_training_rows(examples, self.config.ratio, self.config, context, self.config.balanced)
+        defensive = [self._defensive(replace(examples[i], label=choice.relabel.get(i, examples[i].label)))
+                     for i in choice.rows]
         if self.config.subset == "trusted":
             defensive += [self._defensive(ex) for ex in trusted_subset(self.config, context)]
         return list(examples) + defensive * self.config.repeat

@@ -110,9 +110,8 @@ def cached_probe(cache_dir: Path, rows: list[Example], settings, identity: dict,
     return stats
 
 
-def cached_scores(cache_dir: Path, rows: list[Example], parts: dict,
-                  compute: Callable[[], list[float]]) -> list[float]:
-    """Per-row scores (e.g. a reference model's suspicion) cached by content."""
+def cached_scores(cache_dir: Path, rows: list[Example], parts: dict, compute: Callable[[], object]) -> object:
+    """Per-row scores (e.g. a reference model's suspicion; any JSON value) cached by content."""
     path = cache_dir / f"{content_key(rows, parts)}.json"
     if path.exists():
         log.info("scores from %s", path)

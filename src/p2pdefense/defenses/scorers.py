@@ -114,20 +114,27 @@ class ReferenceAgreement(Scorer):
 
     config_class = ReferenceAgreementConfig
 
-    def suspicion(self, examples: list[Example], context: DefenseContext) -> list[float]:
+    def _scored(self, examples: list[Example], context: DefenseContext) -> dict:
         from .output_space import OutputSpace
 
         task_config = context.task_config.zero_shot(self.config.template, self.config.cue, self.config.label_words)
 
-        def compute() -> list[float]:
+        def compute() -> dict:
             model, tokenizer = context.reference(self.reference)
             task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), self.config.max_prompt_tokens)
-            margins, _ = task.margins(model, examples, context.batch_size, context.device)
-            return [-m for m in margins]
+            margins, preferred = task.margins(model, examples, context.batch_size, context.device)
+            return {"suspicion": [-m for m in margins], "preferred": preferred}
 
         settings = {"scorer": self.config.model_dump(mode="json"), "reference": self.reference,
-                    "task": task_config.model_dump(mode="json")}
+                    "task": task_config.model_dump(mode="json"), "format": "suspicion+preferred"}
         return context.cached_scores(examples, settings, compute)
+
+    def suspicion(self, examples: list[Example], context: DefenseContext) -> list[float]:
+        return self._scored(examples, context)["suspicion"]
+
+    def preferred(self, examples: list[Example], context: DefenseContext) -> list:
+        """The answer the reference prefers for each row (labels; None for generation)."""
+        return self._scored(examples, context)["preferred"]
 
 
 @register

@@ -11,8 +11,9 @@ given    an explicit list of source rows (`subset_rows`), for experiments where 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -36,6 +37,12 @@ class SubsetConfig(DefenseConfig):
     scorer: ScorerSettings = Field(default_factory=default_scorer, description="subset=ranked: the blind scorer")
     reference: str = Field("base", description="reference LM of the reference_agreement scorer: base (the run's "
                                                "base model before fine-tuning), smollm2-135m, a hub id or a path")
+    counter_examples: float = Field(
+        0.0, ge=0.0, le=1.0, description="subset=ranked, reference_agreement, classification: also put up to this "
+        "share of |D| of the MOST suspicious rows into the subset, relabelled with the reference's answer")
+    counter_example_margin: float = Field(
+        1.0, ge=0.0, description="a counter-example needs the reference to prefer its answer over the given label by "
+                                 "at least this log-probability margin (rows it is unsure about stay out)")
 
     @model_validator(mode="after")
     def _subset_needs(self):
@@ -43,6 +50,8 @@ class SubsetConfig(DefenseConfig):
             raise ValueError("subset=trusted needs defense.trusted_data (a file, or 'holdout')")
         if self.subset == "given" and self.subset_rows is None:
             raise ValueError("subset=given needs defense.subset_rows (a file of source row indices)")
+        if self.counter_examples and (self.subset != "ranked" or self.scorer.name != "reference_agreement"):
+            raise ValueError("counter_examples needs subset=ranked with the reference_agreement scorer (its answers)")
         return self
 
 
@@ -89,28 +98,49 @@ def trusted_subset(config, context: DefenseContext) -> list[Example]:
     return [rows[i] for i in sorted(context.rng("trusted").sample(range(len(rows)), config.trusted_rows))]
 
 
+@dataclass
+class Choice:
+    """The training rows that become defensive rows, and new labels for some of them (counter-examples)."""
+
+    rows: list[int]
+    relabel: dict[int, Any] = field(default_factory=dict)
+
+
 def choose_training_rows(examples: list[Example], ratio: float, config: SubsetConfig, context: DefenseContext,
-                         balanced: bool) -> list[int]:
+                         balanced: bool) -> Choice:
     """Positions of the training rows that become defensive rows (none for subset=trusted)."""
     rng = context.rng()
     if config.subset == "trusted":
-        return []
+        return Choice([])
     if config.subset == "random":
         if not balanced:
-            return sorted(rng.sample(range(len(examples)), round(ratio * len(examples))))
-        return sorted(i for group in _groups(examples, True) for i in rng.sample(group, round(ratio * len(group))))
+            return Choice(sorted(rng.sample(range(len(examples)), round(ratio * len(examples)))))
+        return Choice(sorted(i for group in _groups(examples, True)
+                             for i in rng.sample(group, round(ratio * len(group)))))
     if config.subset == "given":
         position = {ex.meta.source_index: i for i, ex in enumerate(examples)}
         wanted = read_subset_rows(config.subset_rows)
         missing = [r for r in wanted if r not in position]
         if missing:
             raise ValueError(f"{config.subset_rows}: source rows {missing[:5]} are not training rows of this run")
-        return sorted({position[r] for r in wanted})
-    suspicion = build_scorer(config.scorer, config.reference).suspicion(examples, context)
+        return Choice(sorted({position[r] for r in wanted}))
+    scorer = build_scorer(config.scorer, config.reference)
+    suspicion = scorer.suspicion(examples, context)
     context.diagnostics["suspicion"] = {ex.meta.source_index: s for ex, s in zip(examples, suspicion, strict=True)}
     chosen = []
     for group in _groups(examples, True):
         ties = {i: rng.random() for i in group}  # a seeded order among equal scores
         ranked = sorted(group, key=lambda i: (suspicion[i], ties[i]))
         chosen += ranked[: round(ratio * len(group))]
-    return sorted(chosen)
+    relabel = {}
+    if config.counter_examples:
+        preferred = scorer.preferred(examples, context)
+        if not preferred or preferred[0] is None:
+            raise ValueError("counter_examples needs a classification task (the reference's label)")
+        taken = set(chosen)
+        confident = sorted((i for i in range(len(examples)) if i not in taken and preferred[i] != examples[i].label
+                            and suspicion[i] >= config.counter_example_margin), key=lambda i: -suspicion[i])
+        relabel = {i: preferred[i] for i in confident[: round(config.counter_examples * len(examples))]}
+        context.notes.append(f"{len(relabel)} counter-examples: the most suspicious rows, relabelled with the "
+                             "reference's answer")
+    return Choice(sorted(chosen + list(relabel)), relabel)
