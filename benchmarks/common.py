@@ -25,6 +25,24 @@ def pinned_vocabulary(strings: set[str]) -> list[str]:
     return PINNED_VOCABULARY
 
 
+def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: str, table) -> int:
+    """List (dry run) or run the cells, then write the bench report and the script's own table."""
+    from p2pdefense.bench import run_cells
+    from p2pdefense.bench_report import write_report
+    from p2pdefense.io import write_text_atomic
+
+    print(f"{len(cells)} cells (with references) in {bench_dir}")
+    if dry_run:
+        for cell in cells:
+            print(f"  {cell.hash}  {cell.label}")
+        return 0
+    failed = run_cells(cells, bench_dir, workers)
+    write_report([bench_dir])
+    write_text_atomic(bench_dir / table_name, table(bench_dir))
+    print(f"{bench_dir / table_name}; {len(failed)} cells failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def base_raw() -> dict:
     """The SST-2 base run configuration as a mapping (data paths relative to the repository root)."""
     raw = yaml.safe_load((ROOT / BASE).read_text(encoding="utf-8"))

@@ -23,13 +23,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common import ATTACKS, MATH, MODELS, ROOT, base_raw, pinned_vocabulary  # benchmarks/common.py
+from common import ATTACKS, MATH, MODELS, ROOT, base_raw, pinned_vocabulary, run_bench  # benchmarks/common.py
 
-from p2pdefense.bench import GridSpec, NamedCell, expand, run_cells, set_key
-from p2pdefense.bench_report import write_report
+from p2pdefense.bench import GridSpec, NamedCell, expand, set_key
 from p2pdefense.config import validate_config
 from p2pdefense.defenses import DEFENSES as REGISTRY
-from p2pdefense.io import write_text_atomic
 from p2pdefense.pipeline import finished_metrics, vocabulary_strings
 from p2pdefense.store import ResultsStore
 
@@ -201,20 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     bench_dir = ROOT / "benchmarks" / "results" / f"defense-suite-{args.model}"
     cells = expand(build_spec(args.model, args.attacks, args.defenses, args.seeds, bench_dir), ROOT, bench_dir)
-    print(f"{len(cells)} cells (with references) in {bench_dir}")
-    if args.dry_run:
-        for cell in cells:
-            print(f"  {cell.hash}  {cell.label}")
-        return 0
-    reuse = args.reuse if args.reuse is not None else [ROOT / "benchmarks" / "results" / f"p2p-ablation-{args.model}"]
-    copied = reuse_runs(cells, [Path(d) for d in reuse], bench_dir)
-    print(f"{copied} finished runs copied from {', '.join(map(str, reuse))}")
-    failed = run_cells(cells, bench_dir, args.workers)
-    write_report([bench_dir])
-    write_text_atomic(bench_dir / "suite.md", suite_table(bench_dir))
-    print(f"{bench_dir / 'suite.md'}; {len(failed)} cells failed" + (f": {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
-
+    if not args.dry_run:
+        sources = args.reuse if args.reuse is not None else [
+            ROOT / "benchmarks" / "results" / f"p2p-ablation-{args.model}"]
+        print(f"{reuse_runs(cells, [Path(d) for d in sources], bench_dir)} finished runs copied from "
+              f"{', '.join(map(str, sources))}")
+    return run_bench(cells, bench_dir, args.workers, args.dry_run, "suite.md", suite_table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,12 +26,20 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common import ATTACKS, MODELS, ROOT, SALIENT_TRIGGER, base_raw, pinned_vocabulary  # benchmarks/common.py
+from common import (  # benchmarks/common.py
+    ATTACKS,
+    MODELS,
+    ROOT,
+    SALIENT_TRIGGER,
+    base_raw,
+    pinned_vocabulary,
+    run_bench,
+)
 
-from p2pdefense.bench import GridSpec, NamedCell, expand, run_cells, set_key
-from p2pdefense.bench_report import role, write_report
+from p2pdefense.bench import GridSpec, NamedCell, expand, set_key
+from p2pdefense.bench_report import role
 from p2pdefense.config import validate_config
-from p2pdefense.io import write_json_atomic, write_text_atomic
+from p2pdefense.io import write_json_atomic
 from p2pdefense.pipeline import prepare_data, vocabulary_strings
 from p2pdefense.store import ResultsStore
 
@@ -254,18 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     attacks = args.attacks or (sorted(ATTACKS) if model == "tiny" else ["badnets"])
     bench_dir = ROOT / "benchmarks" / "results" / f"p2p-ablation-{model}"
     spec = build_spec(model, parts, attacks, seeds, bench_dir)
-    cells = expand(spec, ROOT, bench_dir)
-    print(f"{len(cells)} cells (with references) in {bench_dir}")
-    if args.dry_run:
-        for cell in cells:
-            print(f"  {cell.hash}  {cell.label}")
-        return 0
-    failed = run_cells(cells, bench_dir, args.workers)
-    write_report([bench_dir])
-    write_text_atomic(bench_dir / "ablation.md", ablation_table(bench_dir))
-    print(f"{bench_dir / 'ablation.md'}; {len(failed)} cells failed" + (f": {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
-
+    return run_bench(expand(spec, ROOT, bench_dir), bench_dir, args.workers, args.dry_run, "ablation.md",
+                     ablation_table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..data import Example
-from .base import Defense, DefenseConfig
+from .base import Defense, DefenseConfig, rows_by_label
 from .context import DefenseContext
 from .registry import register
 from .scorers import ProbeSettings
@@ -48,11 +48,8 @@ class ActivationClustering(Defense):
 
     def filter_data(self, examples: list[Example], context: DefenseContext) -> list[Example]:
         states = context.probe(self.config.probe, examples).states
-        groups: dict[object, list[int]] = {}
-        for i, ex in enumerate(examples):
-            groups.setdefault(ex.label, []).append(i)
         removed: set[int] = set()
-        for label, members in sorted(groups.items(), key=lambda item: str(item[0])):
+        for label, members in sorted(rows_by_label(examples).items()):
             if len(members) < 3:
                 continue
             cluster, share = smaller_cluster(states[members], self.config.dims, context.seed)

@@ -24,6 +24,14 @@ from .context import DefenseContext
 from .output_space import OutputSpace
 
 
+def rows_by_label(examples: list[Example]) -> dict[object, list[int]]:
+    """Positions of the rows of each given label (one group, keyed None, for generation rows)."""
+    groups: dict[object, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.label, []).append(i)
+    return groups
+
+
 class DefenseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str

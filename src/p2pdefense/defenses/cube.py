@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..data import Example
-from .base import Defense, DefenseConfig
+from .base import Defense, DefenseConfig, rows_by_label
 from .context import DefenseContext
 from .registry import register
 from .scorers import ProbeSettings
@@ -51,11 +51,8 @@ class Cube(Defense):
 
     def filter_data(self, examples: list[Example], context: DefenseContext) -> list[Example]:
         clusters = cluster_ids(context.probe(self.config.probe, examples).states, self.config, context.seed)
-        groups: dict[object, list[int]] = {}
-        for i, ex in enumerate(examples):
-            groups.setdefault(ex.label, []).append(i)
         removed: set[int] = set()
-        for members in groups.values():
+        for members in rows_by_label(examples).values():
             sizes = Counter(clusters[i] for i in members if clusters[i] != -1)
             if not sizes:
                 continue

@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Example
+from .base import rows_by_label
 from .context import DefenseContext
 
 
@@ -96,10 +97,7 @@ def build_scorer(config, reference: str = "base") -> Scorer:
 def within_group_ranks(scores: list[float], examples: list[Example]) -> list[float]:
     """Each score's rank in [0, 1] among the rows of the same given label (0: least suspicious)."""
     ranks = [0.0] * len(scores)
-    groups: dict[object, list[int]] = {}
-    for i, ex in enumerate(examples):
-        groups.setdefault(ex.label, []).append(i)
-    for members in groups.values():
+    for members in rows_by_label(examples).values():
         ordered = sorted(members, key=lambda i: scores[i])
         for rank, i in enumerate(ordered):
             ranks[i] = rank / max(len(ordered) - 1, 1)
@@ -164,10 +162,7 @@ class Representation(Scorer):
     def suspicion(self, examples: list[Example], context: DefenseContext) -> list[float]:
         stats = context.probe(self.config.probe, examples)
         scores = [0.0] * len(examples)
-        groups: dict[object, list[int]] = {}
-        for i, ex in enumerate(examples):
-            groups.setdefault(ex.label, []).append(i)
-        for members in groups.values():  # every label: the target is unknown
+        for members in rows_by_label(examples).values():  # every label: the target is unknown
             for i, value in zip(members, spectral_scores(stats.states[members]).tolist(), strict=True):
                 scores[i] = value
         return scores

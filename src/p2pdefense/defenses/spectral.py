@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..data import Example
-from .base import Defense, DefenseConfig
+from .base import Defense, DefenseConfig, rows_by_label
 from .context import DefenseContext
 from .registry import register
 from .scorers import ProbeSettings, spectral_scores
@@ -33,12 +33,9 @@ class Spectral(Defense):
 
     def filter_data(self, examples: list[Example], context: DefenseContext) -> list[Example]:
         states = context.probe(self.config.probe, examples).states
-        groups: dict[object, list[int]] = {}
-        for i, ex in enumerate(examples):
-            groups.setdefault(ex.label, []).append(i)
         removed: set[int] = set()
         scores: dict[int, float] = {}
-        for members in groups.values():
+        for members in rows_by_label(examples).values():
             projection = spectral_scores(states[members]).tolist()
             scores.update(zip(members, projection, strict=True))
             ranked = sorted(members, key=lambda i: -scores[i])

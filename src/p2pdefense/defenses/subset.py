@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..data import Example
-from .base import DefenseConfig
+from .base import DefenseConfig, rows_by_label
 from .context import DefenseContext, MissingRequirement
 from .scorers import ScorerSettings, build_scorer, default_scorer
 
@@ -80,13 +80,6 @@ def read_subset_rows(path: str) -> list[int]:
     return rows
 
 
-def _groups(examples: list[Example], by_label: bool) -> list[list[int]]:
-    if not by_label or examples[0].label is None:
-        return [list(range(len(examples)))]
-    labels = sorted({ex.label for ex in examples})
-    return [[i for i, ex in enumerate(examples) if ex.label == label] for label in labels]
-
-
 def trusted_subset(config, context: DefenseContext) -> list[Example]:
     """The trusted rows a defense uses (config: `trusted_data`, `trusted_rows`): all, or a seeded sample."""
     rows = context.trusted_rows(config.trusted_data)
@@ -115,7 +108,7 @@ def choose_training_rows(examples: list[Example], ratio: float, config: SubsetCo
     if config.subset == "random":
         if not balanced:
             return Choice(sorted(rng.sample(range(len(examples)), round(ratio * len(examples)))))
-        return Choice(sorted(i for group in _groups(examples, True)
+        return Choice(sorted(i for _, group in sorted(rows_by_label(examples).items())
                              for i in rng.sample(group, round(ratio * len(group)))))
     if config.subset == "given":
         position = {ex.meta.source_index: i for i, ex in enumerate(examples)}
@@ -128,7 +121,7 @@ def choose_training_rows(examples: list[Example], ratio: float, config: SubsetCo
     suspicion = scorer.suspicion(examples, context)
     context.diagnostics["suspicion"] = {ex.meta.source_index: s for ex, s in zip(examples, suspicion, strict=True)}
     chosen = []
-    for group in _groups(examples, True):
+    for _, group in sorted(rows_by_label(examples).items()):
         ties = {i: rng.random() for i in group}  # a seeded order among equal scores
         ranked = sorted(group, key=lambda i: (suspicion[i], ties[i]))
         chosen += ranked[: round(ratio * len(group))]
