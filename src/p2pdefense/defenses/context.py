@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..data import Example
@@ -73,6 +74,19 @@ class DefenseContext:
         if self.probe_model_source is None:
             raise MissingRequirement("this defense needs a probe model, which this run cannot train")
         return self.probe_model_source(settings, rows)
+
+    def check_reference(self, name: str) -> None:
+        """Fail early when a reference LM cannot be loaded here: the SmolLM2 package is missing, or a local path
+        does not exist (a hub id is checked when it loads: that needs the network)."""
+        if name == "smollm2-135m":
+            from ..models.smollm2 import gguf_path
+
+            try:
+                gguf_path()
+            except RuntimeError as err:
+                raise MissingRequirement(f"reference smollm2-135m: {err}") from None
+        elif name != "base" and (name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()):
+            raise MissingRequirement(f"reference {name}: no such directory")
 
     def reference(self, name: str) -> tuple[Any, Any]:
         """(model, tokenizer) of a reference LM: 'base' (the run's base model before fine-tuning),

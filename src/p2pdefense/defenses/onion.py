@@ -58,6 +58,7 @@ class Onion(Defense):
         self.filtered: dict[str, str] = {}
 
     def check_ready(self, context: DefenseContext) -> None:
+        context.check_reference(self.config.reference)
         if self.threshold is None and not context.dev:
             raise MissingRequirement("onion needs clean dev rows for its threshold (or defense.threshold)")
 

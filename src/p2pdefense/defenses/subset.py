@@ -61,6 +61,10 @@ def check_subset_ready(config: SubsetConfig, context: DefenseContext) -> None:
         trusted_subset(config, context)  # loads (and validates) the rows now
     if config.subset == "given" and not Path(config.subset_rows).exists():
         raise MissingRequirement(f"defense.subset_rows: {config.subset_rows} does not exist")
+    if config.subset == "ranked":
+        for scorer in getattr(config.scorer, "members", [config.scorer]):
+            if scorer.name == "reference_agreement":
+                context.check_reference(config.reference)
 
 
 def read_subset_rows(path: str) -> list[int]:
