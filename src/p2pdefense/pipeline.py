@@ -381,16 +381,17 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     return final_dir, metrics
 
 
-def reference_configs(config: RunConfig) -> dict[str, RunConfig]:
-    """The clean reference, the undefended attack and (if a defense is set) the defended run, same seed; all
-    with one shared tokenizer vocabulary (tiny preset)."""
+def reference_configs(config: RunConfig, other_defenses: list = ()) -> dict[str, RunConfig]:
+    """The clean reference, the undefended attack, the defended run (if a defense is set) and a run for each of
+    `other_defenses` (defense configs), same seed; all with one shared tokenizer vocabulary (tiny preset)."""
     configs = {}
     if config.attack.name != "none":
         clean_attack = config.attack.model_copy(update={"rate": 0.0})
         configs["clean"] = config.model_copy(update={"attack": clean_attack, "defense": _no_defense()})
     configs["undefended"] = config.model_copy(update={"defense": _no_defense()})
-    if config.defense.name != "none":
-        configs[config.defense.name] = config
+    for defense in [config.defense, *other_defenses]:
+        if defense.name != "none":
+            configs[defense.name] = config.model_copy(update={"defense": defense})
     return dict(zip(configs, shared_vocabulary(list(configs.values())), strict=True))
 
 
@@ -400,12 +401,13 @@ def _no_defense():
     return DEFENSES["none"].config_class()
 
 
-def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool = False) -> tuple[Path, list[dict]]:
-    """Run the references and the defended run into one directory with a summary table. A run whose directory
+def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool = False,
+                       other_defenses: list = ()) -> tuple[Path, list[dict]]:
+    """Run the references and the defended run(s) into one directory with a summary table. A run whose directory
     holds a finished run of the identical configuration is not run again (unless overwrite)."""
     root = Path(config.output_dir) / config.run_name
     rows = []
-    for label, cfg in reference_configs(config).items():
+    for label, cfg in reference_configs(config, other_defenses).items():
         run_dir = root / label
         metrics = None if overwrite else finished_metrics(run_dir, cfg)
         if metrics is not None:
