@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", nargs="+", choices=sorted(ATTACKS), help="default: every attack")
     parser.add_argument("--parts", nargs="+", choices=["poisoned", "source", "knobs", "key"],
                         help="default: poisoned source knobs (tiny), key (smollm2)")
+    parser.add_argument("--cells", nargs="+", help="only the cells whose name contains one of these (and their "
+                                                    "references), e.g. 'ranked reference_agreement'")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     attacks = args.attacks or (sorted(ATTACKS) if model == "tiny" else ["badnets"])
     bench_dir = ROOT / "benchmarks" / "results" / f"p2p-ablation-{model}"
     spec = build_spec(model, parts, attacks, seeds, bench_dir)
+    if args.cells:
+        spec.cells = [c for c in spec.cells if any(part in c.name for part in args.cells)]
     return run_bench(expand(spec, ROOT, bench_dir), bench_dir, args.workers, args.dry_run, "ablation.md",
                      ablation_table)
 
