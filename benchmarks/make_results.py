@@ -23,7 +23,16 @@ STORES = {
                      "p2p bench benchmarks/grids/attack-suite.yaml"),
     "smollm2-strong2": ("SST-2, SmolLM2-135M + LoRA all-linear, 1,500 rows, 20% BadNets \"mn\", lr 1e-3",
                         "p2p bench benchmarks/grids/smollm2-strong2.yaml --only seed=0"),
+    "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 BadNets 5%",
+                          "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks badnets "
+                          "--parts poisoned source"),
+    "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
+                             "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
+                             "--cells 'ranked reference_agreement'"),
+    "defense-suite-tiny": ("The defense suite, tiny model", "python benchmarks/defense_suite.py --model tiny"),
 }
+# the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
+OWN_TABLES = ("ablation.md", "suite.md")
 
 
 def main() -> None:
@@ -37,6 +46,9 @@ def main() -> None:
         table = table.replace("](", f"](results/{name}/")  # plots are linked from this file's folder
         parts.append(f"## {title}\n\n`{command}`; store `results/{name}/results.jsonl`, page "
                      f"`results/{name}/results.html`.\n\n{table}")
+        for own in OWN_TABLES:
+            if (directory / own).exists():  # its title becomes a subsection
+                parts.append("#" + (directory / own).read_text(encoding="utf-8"))
     write_text_atomic(ROOT / "RESULTS.md", "\n".join(parts))
     print(f"wrote {ROOT / 'RESULTS.md'}")
 
