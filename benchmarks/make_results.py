@@ -47,8 +47,9 @@ def main() -> None:
         parts.append(f"## {title}\n\n`{command}`; store `results/{name}/results.jsonl`, page "
                      f"`results/{name}/results.html`.\n\n{table}")
         for own in OWN_TABLES:
-            if (directory / own).exists():  # its title becomes a subsection
-                parts.append("#" + (directory / own).read_text(encoding="utf-8"))
+            if (directory / own).exists():  # one heading level down, under the store's section
+                text = (directory / own).read_text(encoding="utf-8")
+                parts.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()))
     write_text_atomic(ROOT / "RESULTS.md", "\n".join(parts))
     print(f"wrote {ROOT / 'RESULTS.md'}")
 
