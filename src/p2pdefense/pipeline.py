@@ -245,6 +245,36 @@ def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resu
     return checkpoints
 
 
+def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learning_rate: float, load_dtype,
+                    device) -> DefenseContext:
+    """What the run offers its defense: its seed, task and clean dev rows, trusted rows, probe models (their
+    statistics cached by rows, seed and configuration), reference models and a score cache. Never the attack."""
+    identity = {"model": config.model.model_dump(mode="json"), "task": config.task.model_dump(mode="json"),
+                "train": config.train.model_dump(mode="json"), "seed": config.seed}
+
+    def load_probe_base():
+        return load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
+
+    def probe_model(settings, rows):
+        return train_probe_model(rows, settings, config.task, load_probe_base, config.train, learning_rate,
+                                 config.seed, device)
+
+    def probe_statistics(settings, rows):
+        return cached_probe(cache_root() / "probes", rows, settings, identity,
+                            lambda: train_probe(rows, settings, config.task, load_probe_base, config.train,
+                                                learning_rate, config.seed, device))
+
+    def score_cache(rows, settings, compute):  # a "base" reference depends on the run's model and seed
+        return cached_scores(cache_root() / "scores", rows, {**settings, **identity}, compute)
+
+    return DefenseContext(
+        seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev],
+        batch_size=config.train.eval_batch_size, device=device, train_config=config.train,
+        learning_rate=learning_rate, trusted_source=trusted_loader(config, splits.trusted),
+        probe_source=probe_statistics, probe_model_source=probe_model,
+        reference_source=lambda name: load_reference(name, config, corpus, device), score_cache=score_cache)
+
+
 def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
         resume: bool = False) -> tuple[Path, dict]:
     """Run one configuration; returns the run directory and its metrics.
@@ -276,25 +306,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     # the tiny preset's tokenizer: clean rows and the run's (or its group's) strings, never poisoned text
     corpus = tokenizer_corpus(splits.train, config)
     learning_rate = default_learning_rate(config)
-    probe_identity = {"model": config.model.model_dump(mode="json"), "task": config.task.model_dump(mode="json"),
-                      "train": config.train.model_dump(mode="json"), "seed": config.seed}
-    def load_probe_base():
-        return load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
-
-    context = DefenseContext(
-        seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev], batch_size=batch,
-        device=device, train_config=config.train, learning_rate=learning_rate,
-        trusted_source=trusted_loader(config, splits.trusted),
-        probe_source=lambda settings, rows: cached_probe(
-            cache_root() / "probes", rows, settings, probe_identity,
-            lambda: train_probe(rows, settings, config.task, load_probe_base, config.train, learning_rate,
-                                config.seed, device)),
-        probe_model_source=lambda settings, rows: train_probe_model(
-            rows, settings, config.task, load_probe_base, config.train, learning_rate, config.seed, device),
-        reference_source=lambda name: load_reference(name, config, corpus, device),
-        # "base" references depend on the run's model and seed: they are part of every key
-        score_cache=lambda rows, settings, compute: cached_scores(cache_root() / "scores", rows,
-                                                                  {**settings, **probe_identity}, compute))
+    context = defense_context(config, splits, corpus, learning_rate, load_dtype, device)
     defense = build_defense(config.defense, config.task.num_labels)
     defense.check_ready(context)
     train_rows = defense.training_rows(poisoned, context)
