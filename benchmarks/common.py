@@ -50,13 +50,12 @@ def base_raw() -> dict:
     return raw
 
 
-# the defender's zero-shot question for a chat model (their own task, not the attack): SmolLM2's chat markup
-SENTIMENT_PROMPT = {"template": "<|im_start|>user\nIs the sentiment of this movie review positive or negative?\n"
-                                "{text}<|im_end|>\n<|im_start|>assistant\n",
-                    "cue": "", "label_words": ["negative", "positive"]}
-TOPIC_PROMPT = {"template": "<|im_start|>user\nIs this news sentence about world, sports, business or science?\n"
-                            "{text}<|im_end|>\n<|im_start|>assistant\n",
-                "cue": "", "label_words": ["world", "sports", "business", "science"]}
+# the defender's zero-shot question for a chat model (their own task, not the attack), in the reference's own chat
+# template (SmolLM2's adds its default system prompt)
+SENTIMENT_PROMPT = {"template": "Is the sentiment of this movie review positive or negative?\n{text}",
+                    "use_chat_template": True, "cue": "", "label_words": ["negative", "positive"]}
+TOPIC_PROMPT = {"template": "Is this news sentence about world, sports, business or science?\n{text}",
+                "use_chat_template": True, "cue": "", "label_words": ["world", "sports", "business", "science"]}
 
 MODELS = {
     # the tiny-sst2 grid's setting, plus a 500-row clean hold-out for the trusted cells (all cells share it)

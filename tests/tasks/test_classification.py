@@ -139,3 +139,26 @@ def test_batched_scoring_matches_one_sequence_at_a_time(bpe, label_words):
     assert batched.shape == (7, 2)
     for row, prompt in zip(batched.tolist(), prompts, strict=True):
         assert row == pytest.approx(manual_scores(model, prompt, plan.verbalizer_ids), abs=1e-4)
+
+
+def test_chat_template_wraps_the_classification_prompt_and_a_cut_keeps_the_wrapper(bpe):
+    bpe.chat_template = ("<|system|>be brief<|end|>{% for m in messages %}<|user|>{{ m['content'] }}<|end|>"
+                         "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    try:
+        config = ClassificationConfig(use_chat_template=True, cue="")
+        space = build_defense(DEFENSES["none"].config_class(), 2).output_space
+        task = config.build(bpe, space, 64)
+        row = Example(text="the movie was dull .", label=0, meta=ExampleMeta(source_index=0))
+        assert task.encode_prompt(row).prompt_text == ("<|system|>be brief<|end|><|user|>Input: the movie was dull "
+                                                       ".\n<|end|><|assistant|>")
+        long = Example(text=" ".join(["dull"] * 200), label=0, meta=ExampleMeta(source_index=1))
+        cut = config.build(bpe, space, 96).encode_prompt(long)
+        assert cut.truncated and cut.prompt_text.startswith("<|system|>be brief<|end|><|user|>Input: dull")
+        assert cut.prompt_text.endswith("dull\n<|end|><|assistant|>") and len(cut.input_ids) <= 96
+        # a scorer's zero-shot copy of the task may switch the wrapping on or off
+        assert not config.zero_shot(None, None, None, use_chat_template=False).use_chat_template
+        assert config.zero_shot(None, None, None).use_chat_template
+    finally:
+        bpe.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        ClassificationConfig(use_chat_template=True).build(bpe, space, 64)

@@ -35,12 +35,15 @@ class ProbeSettings(BaseModel):
 class ReferenceAgreementConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Literal["reference_agreement"] = "reference_agreement"
-    template: str | None = Field(None, description="zero-shot prompt with {text} (a chat model's markup may be "
-                                                   "written into it); default the task's template")
+    template: str | None = Field(None, description="zero-shot prompt with {text}; default the task's template "
+                                                   "(for a chat model, set use_chat_template)")
     cue: str | None = Field(None, description="answer cue; default the task's cue")
     label_words: list[str] | None = Field(
         None, description="the word of each label for the reference; default task.label_names, else the task's "
                           "verbalizers")
+    use_chat_template: bool | None = Field(
+        None, description="wrap the template in the reference tokenizer's chat template (its default system "
+                          "prompt included); default the task's setting")
     max_prompt_tokens: int = Field(512, ge=16)
 
 
@@ -115,7 +118,8 @@ class ReferenceAgreement(Scorer):
     def _scored(self, examples: list[Example], context: DefenseContext) -> dict:
         from .output_space import OutputSpace
 
-        task_config = context.task_config.zero_shot(self.config.template, self.config.cue, self.config.label_words)
+        task_config = context.task_config.zero_shot(self.config.template, self.config.cue, self.config.label_words,
+                                                    self.config.use_chat_template)
 
         def compute() -> dict:
             model, tokenizer = context.reference(self.reference)

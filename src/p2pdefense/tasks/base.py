@@ -14,9 +14,10 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Example
+from .prompt import format_with_span
 
 
 class TaskConfig(BaseModel):
@@ -25,6 +26,8 @@ class TaskConfig(BaseModel):
     name: str
     template: str
     instruction: str | None = None
+    use_chat_template: bool = Field(False, description="wrap the prompt in the tokenizer's chat template (as the "
+                                                       "user's message; the answer follows the assistant's turn)")
     quality_metric: ClassVar[str]
     """The per-task quality reported as CA (accuracy, rougeL)."""
 
@@ -52,9 +55,14 @@ class TaskConfig(BaseModel):
         """What an attack on this task aims at (a label, an output behaviour); None without an attack."""
         raise NotImplementedError
 
-    def zero_shot(self, template: str | None, cue: str | None, label_words: list[str] | None) -> TaskConfig:
-        """This task as a reference LM is prompted without fine-tuning (a scorer's own template, cue, words)."""
-        return self.model_copy(update={"template": template} if template else {})
+    def zero_shot(self, template: str | None, cue: str | None, label_words: list[str] | None,
+                  use_chat_template: bool | None = None) -> TaskConfig:
+        """This task as a reference LM is prompted without fine-tuning (a scorer's own template, cue, words, chat
+        wrapping)."""
+        update = {"template": template} if template else {}
+        if use_chat_template is not None:
+            update["use_chat_template"] = use_chat_template
+        return self.model_copy(update=update)
 
     def build(self, tokenizer, space, max_length: int) -> Task:
         raise NotImplementedError
@@ -99,7 +107,21 @@ class Task(ABC):
     """A task config bound to a tokenizer, an output space and a length budget."""
 
     def __init__(self, config: TaskConfig, tokenizer, space, max_length: int):
+        if config.use_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("task.use_chat_template is set but the tokenizer has no chat template")
         self.config, self.tokenizer, self.space, self.max_length = config, tokenizer, space, max_length
+
+    def render(self, example: Example) -> tuple[str, tuple[int, int]]:
+        """The filled template (inside the chat template if asked) and the character span of the input in it."""
+        body, (start, end) = format_with_span(self.config.template, example)
+        if not self.config.use_chat_template:
+            return body, (start, end)
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                                      add_generation_prompt=True)
+        offset = rendered.find(body)
+        if offset < 0:
+            raise ValueError("the tokenizer's chat template changes the message text; it cannot be used here")
+        return rendered, (offset + start, offset + end)
 
     @abstractmethod
     def encode_training(self, example: Example, trigger: str | None = None) -> dict[str, list[int]]:

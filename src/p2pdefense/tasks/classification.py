@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data import Example, synthetic_sentiment, synthetic_topics
 from .base import Prediction, RowTruth, Task, TaskConfig
-from .prompt import fit_prompt, format_prompt, format_with_span
+from .prompt import fit_prompt, format_prompt
 
 
 class ClassificationConfig(TaskConfig):
@@ -73,12 +73,14 @@ class ClassificationConfig(TaskConfig):
     def attack_target(self, attack) -> int | None:
         return None if attack.name == "none" else attack.target_label
 
-    def zero_shot(self, template: str | None, cue: str | None,
-                  label_words: list[str] | None) -> ClassificationConfig:
+    def zero_shot(self, template: str | None, cue: str | None, label_words: list[str] | None,
+                  use_chat_template: bool | None = None) -> ClassificationConfig:
         """A reference LM knows words, not digits: the label names are its default words."""
         update = {"label_words": label_words or self.label_names or self.label_words}
         if template:
             update["template"] = template
+        if use_chat_template is not None:
+            update["use_chat_template"] = use_chat_template
         if cue is not None:
             update["cue"] = cue
         return self.model_copy(update=update)
@@ -175,7 +177,7 @@ class ClassificationTask(Task):
         """The prompt's ids; a long input loses its middle, never the cue, the template, the defense's protected
         text or (where it can be kept) `trigger`, the attack's inserted trigger."""
         plan = self.plan(example)
-        body, span = format_with_span(self.config.template, example)
+        body, span = self.render(example)
         cue_ids = plan.cue_ids
         # leave room for the cue and the longest verbalizer
         room = self.max_length - len(cue_ids) - max(len(v) for v in plan.verbalizer_ids)

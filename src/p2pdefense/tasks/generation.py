@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..data import Example
 from .base import Prediction, RowTruth, Task, TaskConfig
-from .prompt import FittedPrompt, fit_prompt, format_prompt, format_with_span
+from .prompt import FittedPrompt, fit_prompt, format_prompt
 
 
 class GenerationConfig(TaskConfig):
@@ -22,7 +22,6 @@ class GenerationConfig(TaskConfig):
     """The attack.target_output kinds that make sense for this task."""
     template: str = Field(description="prompt; {text} is the input, {instruction} the row's instruction")
     instruction: str | None = Field(None, description="instruction for rows that have none")
-    use_chat_template: bool = Field(False, description="wrap the prompt in the tokenizer's chat template")
     max_new_tokens: int = Field(128, ge=1)
     stop_strings: list[str] = Field(default_factory=list, description="generation stops at the first of these")
     text_field: str | None = Field(None, description="input field in the data (default: the task's)")
@@ -105,11 +104,6 @@ class GenerationPrediction(Prediction):
 class GenerationTask(Task):
     """Formats examples into prompts and targets, and decodes batches greedily with the KV cache."""
 
-    def __init__(self, config: GenerationConfig, tokenizer, space, max_length: int):
-        if config.use_chat_template and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("task.use_chat_template is set but the tokenizer has no chat template")
-        super().__init__(config, tokenizer, space, max_length)
-
     def prompt(self, example: Example, budget: int, trigger: str | None = None) -> tuple[FittedPrompt, str]:
         """The prompt fitted to `budget` tokens (the middle of its input cut if needed) and the whitespace
         carried to the target.
@@ -117,14 +111,9 @@ class GenerationTask(Task):
         Trailing whitespace of the prompt moves to the start of the target, so that "Answer: 18" tokenizes
         as the model saw such text in pretraining ("ĠAnswer", ":", "Ġ18"), not with a lone space token.
         """
-        body, (start, end) = format_with_span(self.config.template, example)
-        rendered, offset = body, 0
-        if self.config.use_chat_template:
-            rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                                          add_generation_prompt=True)
-            offset = max(rendered.find(body), 0)
+        rendered, (start, end) = self.render(example)
         stripped = rendered.rstrip(" ")
-        span = (offset + start, min(offset + end, len(stripped)))
+        span = (start, min(end, len(stripped)))
         fitted = fit_prompt(self.tokenizer, stripped, span, budget, self.space.protected_strings(example), trigger)
         return fitted, rendered[len(stripped):]
 
