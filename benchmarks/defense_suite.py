@@ -26,6 +26,7 @@ from pathlib import Path
 from common import ATTACKS, MATH, MODELS, ROOT, base_raw, pinned_vocabulary, run_bench  # benchmarks/common.py
 
 from p2pdefense.bench import GridSpec, NamedCell, expand, set_key
+from p2pdefense.compute import compute_ratio
 from p2pdefense.config import validate_config
 from p2pdefense.defenses import DEFENSES as REGISTRY
 from p2pdefense.pipeline import finished_metrics, vocabulary_strings
@@ -122,30 +123,35 @@ def suite_table(bench_dir) -> str:
         else:
             cells[(attack, name)].append(r)
     lines = ["# Defense suite", "",
-             "Mean ± sd over seeds. floor: the clean model's ASR. cost: wall time against the undefended run of the "
-             "same seed. A rejected input is neither correct nor an attack success. The moderate-fitting row is no "
-             "defense, trained less (a control).", ""]
+             "Mean ± sd over seeds. floor: the clean model's ASR. compute: estimated FLOPs of every model the run "
+             "used (p2pdefense/compute.py; blank for runs that predate the count); wall: wall time (noisy: runs "
+             "shared two CPU cores with other work); both against the undefended run of the same seed. A rejected "
+             "input is neither correct nor an attack success. The moderate-fitting row is no defense, trained less "
+             "(a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):
         lines += [f"## {attack}", "", "| defense | seeds | CA % | ASR % | floor % | triggered acc. % | "
-                  "rejected clean / trig. % | CA drop (pts) | cost (x) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "rejected clean / trig. % | CA drop (pts) | compute (x) | wall (x) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         und = [m for (a, k, _), m in refs.items() if a == attack and k == "undefended"]
         floor_values = [m.get("asr") for (a, k, _), m in refs.items() if a == attack and k == "clean"]
         floor = _mean(floor_values)
         lines.append(f"| undefended | {len(und)} | {_fmt([m['ca'] for m in und])} | "
                      f"{_fmt([m.get('asr') for m in und])} | {_fmt(floor_values)} | "
-                     f"{_fmt([m.get('triggered_accuracy') for m in und])} | | | 1.0 |")
+                     f"{_fmt([m.get('triggered_accuracy') for m in und])} | | | 1.0 | 1.0 |")
         candidates = []
         for (a, name), members in sorted(cells.items()):
             if a != attack:
                 continue
             ms = [r["metrics"] for r in members]
-            drops, costs = [], []
+            drops, costs, computes = [], [], []
             for r in members:
                 u = refs.get((attack, "undefended", r["config"]["seed"]))
                 if u is not None:
                     drops.append(u["ca"] - r["metrics"]["ca"])
                     costs.append(r["metrics"].get("wall_seconds", 0) / max(u.get("wall_seconds") or 1e-9, 1e-9))
+                    if (ratio := compute_ratio(r["metrics"], u)) is not None:
+                        computes.append(ratio)
             rejected = [m.get("rejection_rate_clean") for m in ms]
             rejections = (f"{_fmt(rejected)} / {_fmt([m.get('rejection_rate_triggered') for m in ms])}"
                           if any(rejected) else "")
@@ -154,6 +160,7 @@ def suite_table(bench_dir) -> str:
                 f"| {name} | {len(ms)} | {_fmt([m['ca'] for m in ms])} | {_fmt([m.get('asr') for m in ms])} | "
                 f"{_fmt(floor_values)} | {_fmt([m.get('triggered_accuracy') for m in ms])} | {rejections}"
                 f" | {'' if drop is None else f'{100 * drop:.1f}'} | "
+                f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "
                 f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")
             if asr is not None and floor is not None and drop is not None and name != "moderate-fitting":
                 candidates.append((name, asr - floor, drop))

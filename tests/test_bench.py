@@ -69,7 +69,7 @@ def test_shards_partition_the_cells_and_only_selects_a_slice(tmp_path):
     assert len(select(cells, ["attack.name=addsent", "seed=1"])) == 3  # clean, undefended, p2p
 
 
-def row(seed, defense, attack_rate, ca, asr, wall, tacc=None, log=()):
+def row(seed, defense, attack_rate, ca, asr, wall, tacc=None, log=(), flops=None):
     config = json.loads(json.dumps(BASE))
     config["seed"] = seed
     config["attack"]["rate"] = attack_rate
@@ -77,14 +77,15 @@ def row(seed, defense, attack_rate, ca, asr, wall, tacc=None, log=()):
     digest = f"{seed}-{defense}-{attack_rate}"
     return {"hash": digest, "run_dir": digest, "config": config, "train_log": list(log),
             "metrics": {"ca": ca, "asr": asr, "wall_seconds": wall, "triggered_accuracy": tacc,
-                        "num_benign": 10 if defense == "p2p" else 0, "num_poisoned_in_benign_subset": seed}}
+                        "num_benign": 10 if defense == "p2p" else 0, "num_poisoned_in_benign_subset": seed,
+                        **({"compute": {"flops": flops}} if flops else {})}}
 
 
 def hand_made_store(directory):
     store = ResultsStore(directory)
     for r in [row(0, "none", 0.0, 0.80, 0.20, 10), row(1, "none", 0.0, 0.90, 0.10, 10),
-              row(0, "none", 0.1, 0.80, 1.00, 10), row(1, "none", 0.1, 0.80, 0.90, 12),
-              row(0, "p2p", 0.1, 0.70, 0.60, 20, 0.5, [{"epoch": 1, "loss": 1.0, "dev_score": 0.5}]),
+              row(0, "none", 0.1, 0.80, 1.00, 10, flops=100.0), row(1, "none", 0.1, 0.80, 0.90, 12),
+              row(0, "p2p", 0.1, 0.70, 0.60, 20, 0.5, [{"epoch": 1, "loss": 1.0, "dev_score": 0.5}], 300.0),
               row(1, "p2p", 0.1, 0.70, 0.50, 24, 0.7, [{"epoch": 1, "loss": 0.8, "dev_score": 0.7}])]:
         store.append(r)
     return store
@@ -99,11 +100,12 @@ def test_report_tables_come_from_the_store(tmp_path):
     # per seed: (1.0 - 0.6) / (1.0 - 0.2) = 0.5 and (0.9 - 0.5) / (0.9 - 0.1) = 0.5
     assert defended["asr_reduction_over_floor"] == pytest.approx([0.5, 0.5])
     assert defended["cost_ratio"] == pytest.approx([2.0, 2.0])
+    assert defended["compute_ratio"] == [pytest.approx(3.0), None]  # seed 1's undefended run has no count
     written = write_report([tmp_path])
     text = (tmp_path / "results.md").read_text()
     # sample sd over seeds; the floor is the clean reference's ASR, seed by seed
     assert ("| defended, attack.rate=0.1, defense.name=p2p | 2 | 70.0 ± 0.0 | 55.0 ± 7.1 | "
-            "15.0 ± 7.1 | 60.0 ± 14.1 | 10.0 ± 0.0 | 50.0 ± 0.0 | 2.00 |") in text
+            "15.0 ± 7.1 | 60.0 ± 14.1 | 10.0 ± 0.0 | 50.0 ± 0.0 | 3.00 | 2.00 |") in text
     assert "| clean, attack.rate=0.0 | 2 | 85.0 ± 7.1 | 15.0 ± 7.1 | n/a |" in text
     assert "| undefended, attack.rate=0.1 | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 |" in text
     names = {p.name for p in written}

@@ -74,6 +74,10 @@ def test_metrics_agree_with_predictions(finished_run):
     assert all("mn" in r["input"].split() for r in rows if r["split"] == "triggered")
     assert metrics["num_poisoned"] == round(0.1 * metrics["num_train"])
     assert metrics["num_benign"] == round(0.3 * metrics["num_train"])
+    # compute: every training row went through forward and backward twice (2 epochs), then every input forward
+    compute = metrics["compute"]
+    assert compute["backward_tokens"] >= 2 * metrics["num_train"]
+    assert compute["forward_tokens"] >= compute["backward_tokens"] + len(rows)
 
 
 def test_predict_applies_the_saved_defense(finished_run, tmp_path):

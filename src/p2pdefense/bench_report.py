@@ -4,7 +4,8 @@ Every number comes from the store's rows. Runs are grouped into settings by thei
 seed; each setting shows mean ± sd over seeds and the number of seeds. A defended or undefended run is matched,
 seed by seed, with the runs that share everything but the defense (the undefended run) and, further, the
 poison (the clean reference: the attack at rate 0): the floor beside each ASR, the CA drop, the ASR reduction
-over the floor and the cost ratio (wall time against the undefended run) come from those matches.
+over the floor and the cost ratios (estimated FLOPs and wall time against the undefended run) come from those
+matches.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .compute import compute_ratio
 from .config import flatten
 from .io import write_text_atomic
 from .store import ResultsStore
@@ -108,7 +110,7 @@ class Report:
         for members in self.settings.values():
             members = sorted(members, key=lambda r: r["config"]["seed"])
             m = [r["metrics"] for r in members]
-            floors, drops, over_floor, cost = [], [], [], []
+            floors, drops, over_floor, cost, compute = [], [], [], [], []
             for r in members:
                 undefended, clean = self.references(r)
                 if clean is not None and role(r["config"]) != "clean":
@@ -117,6 +119,7 @@ class Report:
                     u = undefended["metrics"]
                     drops.append(u["ca"] - r["metrics"]["ca"])
                     cost.append(r["metrics"].get("wall_seconds", 0) / max(u.get("wall_seconds") or 1e-9, 1e-9))
+                    compute.append(compute_ratio(r["metrics"], u))
                     floor = clean["metrics"].get("asr") if clean is not None else None
                     if None not in (floor, u.get("asr"), r["metrics"].get("asr")) and u["asr"] > floor:
                         over_floor.append((u["asr"] - r["metrics"]["asr"]) / (u["asr"] - floor))
@@ -125,23 +128,24 @@ class Report:
                 "seeds": [r["config"]["seed"] for r in members], "config": members[0]["config"],
                 "ca": [x["ca"] for x in m], "asr": [x.get("asr") for x in m],
                 "triggered_accuracy": [x.get("triggered_accuracy") for x in m], "floor": floors, "ca_drop": drops,
-                "asr_reduction_over_floor": over_floor, "cost_ratio": cost,
+                "asr_reduction_over_floor": over_floor, "cost_ratio": cost, "compute_ratio": compute,
                 "wall_seconds": [x.get("wall_seconds") for x in m]})
         order = {"clean": 0, "undefended": 1, "defended": 2}
         return sorted(out, key=lambda e: (order[e["role"]], e["setting"]))
 
 
 COLUMNS = ("setting", "seeds", "CA %", "ASR %", "clean floor ASR %", "triggered acc. %", "CA drop (pts)",
-           "ASR reduction over floor %", "cost (× undefended)")
+           "ASR reduction over floor %", "compute (× undefended)", "wall time (× undefended)")
 
 
 def _cells(entry: dict) -> list[str]:
     cost = _mean_sd(entry["cost_ratio"])[0]
+    compute = _mean_sd(entry["compute_ratio"])[0]
     return [entry["setting"], str(len(entry["seeds"])), _fmt(entry["ca"]), _fmt(entry["asr"]),
             _fmt(entry["floor"]), _fmt(entry["triggered_accuracy"]),
             _fmt(entry["ca_drop"]) if entry["ca_drop"] else "",
             _fmt(entry["asr_reduction_over_floor"]) if entry["asr_reduction_over_floor"] else "",
-            "" if cost is None else f"{cost:.2f}"]
+            "" if compute is None else f"{compute:.2f}", "" if cost is None else f"{cost:.2f}"]
 
 
 def markdown(report: Report, title: str, plots: list[Path]) -> str:

@@ -19,6 +19,7 @@ from accelerate.utils import set_seed
 
 from . import report
 from .attacks import build_attack
+from .compute import ComputeCount, counting_compute
 from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
@@ -287,6 +288,12 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     if resume and not overwrite and (done := finished_metrics(final_dir, config)) is not None:
         log.info("%s is finished with this configuration; nothing to do", final_dir)
         return final_dir, done
+    with counting_compute() as compute:
+        return _run(config, overwrite, final_dir, resume, started, compute)
+
+
+def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, started: float,
+         compute: ComputeCount) -> tuple[Path, dict]:
     checkpoints = _prepare_checkpoints(final_dir, config, overwrite, resume)
     stage_seconds: dict[str, float] = {}
 
@@ -373,7 +380,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
         resumed_from_epoch=train_report.resumed_from_epoch,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
         eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes, defense_notes=context.notes,
-        attack_notes=data.attack_notes, data_cache_hit=cache_hit, stealth=stealth,
+        attack_notes=data.attack_notes, data_cache_hit=cache_hit, stealth=stealth, compute=compute.to_json(),
         provenance=provenance(model, accelerator))
     if accelerator.is_main_process:
         hint = f"; the trained state is in {checkpoints} (--resume writes the run without training again)"

@@ -1,0 +1,43 @@
+import torch
+from peft import LoraConfig, get_peft_model
+
+from p2pdefense.compute import counting_compute
+from p2pdefense.models.tiny import build_tiny_llama
+
+
+def decoder_parameters(model) -> int:
+    return sum(p.numel() for p in model.model.parameters())
+
+
+def test_inference_counts_forward_tokens_once_per_decoder_call():
+    model = build_tiny_llama(50, 16, 1, 2, 64, seed=0).eval()
+    ids = torch.randint(2, 50, (3, 7))
+    with counting_compute() as count, torch.no_grad():
+        model(input_ids=ids)  # the causal LM wraps its decoder stack: one call counted, not two
+        model(input_ids=ids[:, :4])
+    assert count.forward_tokens == 3 * 7 + 3 * 4 and count.backward_tokens == 0
+    assert count.flops == 2.0 * decoder_parameters(model) * (21 + 12)
+
+
+def test_a_training_step_counts_its_backward_and_a_peft_wrapper_is_not_counted_twice():
+    base = build_tiny_llama(50, 16, 1, 2, 64, seed=0)
+    parameters = decoder_parameters(base)
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    ids = torch.randint(2, 50, (2, 5))
+    with counting_compute() as count:
+        model(input_ids=ids, labels=ids).loss.backward()
+    lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert count.forward_tokens == count.backward_tokens == 10
+    assert count.flops == 6.0 * (parameters + lora) * 10
+
+
+def test_two_models_are_weighted_by_their_size_and_nothing_is_counted_outside_the_block():
+    small, large = build_tiny_llama(50, 16, 1, 2, 64, seed=0), build_tiny_llama(50, 32, 2, 2, 64, seed=0)
+    ids = torch.randint(2, 50, (1, 6))
+    with counting_compute() as count, torch.no_grad():
+        small(input_ids=ids)
+        large(input_ids=ids)
+    with torch.no_grad():
+        large(input_ids=ids)
+    assert count.forward_tokens == 12
+    assert count.flops == 2.0 * 6 * (decoder_parameters(small) + decoder_parameters(large))
