@@ -57,6 +57,7 @@ def defenses(model: str, prompt: dict) -> dict[str, dict]:
         "dpoe": {"defense.name": "dpoe"},
         "finetune-200": {"defense.name": "finetune", **trusted},
         "crow-200": {"defense.name": "crow", **trusted},
+        "wanda": {"defense.name": "wanda", "defense.trusted_data": "holdout"},
         "strip-1%": {"defense.name": "strip", "defense.false_rejection_rate": 0.01},
         "strip-5%": {"defense.name": "strip", "defense.false_rejection_rate": 0.05},
         "onion": {"defense.name": "onion", "defense.reference": reference},

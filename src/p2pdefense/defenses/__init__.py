@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (modules register themselves)
     pdb,
     spectral,
     strip,
+    wanda,
 )
 from .base import Defense, DefenseConfig
 from .context import DefenseContext, MissingRequirement
