@@ -61,6 +61,8 @@ def defenses(model: str, prompt: dict) -> dict[str, dict]:
         "strip-1%": {"defense.name": "strip", "defense.false_rejection_rate": 0.01},
         "strip-5%": {"defense.name": "strip", "defense.false_rejection_rate": 0.05},
         "onion": {"defense.name": "onion", "defense.reference": reference},
+        # generation only; the reference is the run's base model (for the tiny preset an untrained one)
+        "cleangen": {"defense.name": "cleangen"},
         # no defense, trained moderately: no defense should be credited for under-fitting
         "moderate-fitting": {"defense.name": "none", **CONTROL[model]},
     }

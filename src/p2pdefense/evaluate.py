@@ -46,9 +46,10 @@ def as_deployed(example: Example, position: int) -> Example:
 
 
 def evaluate(model, task: Task, defense, context, rows: list[tuple[Example, str]], target: Any, batch_size: int,
-             device, seed: int, reject: bool = True) -> tuple[list[Prediction], float]:
+             device, seed: int, deployed: bool = True) -> tuple[list[Prediction], float]:
     """Predictions for (example, split) rows, in the order given, and the seconds the model spent on them.
-    reject=False skips the defense's rejection stage (epoch selection on dev rows, before the model is final)."""
+    deployed=False skips the defense's inference model and rejection stage (epoch selection on dev rows, before
+    the model is final)."""
     per_split: dict[str, int] = {}
     truths = []
     for example, split in rows:
@@ -60,6 +61,8 @@ def evaluate(model, task: Task, defense, context, rows: list[tuple[Example, str]
     inputs = defense.at_inference([as_deployed(rows[i][0], position) for position, i in enumerate(order)], context)
     # the trigger is passed beside the input (never to the defense) only to keep it through a cut of the prompt
     triggers = [truths[i].trigger for i in order]
+    if deployed:
+        model = defense.inference_model(model, context)
     was_training = model.training
     model.eval()
     timed = across_processes(len(inputs), lambda share: [
@@ -69,7 +72,7 @@ def evaluate(model, task: Task, defense, context, rows: list[tuple[Example, str]
     model.train(was_training)
     outputs = [out for out, _ in timed]
     seconds = max((s for _, s in timed), default=0.0)  # the processes work at the same time
-    rejected = defense.rejected(inputs, outputs, context) if reject else [False] * len(inputs)
+    rejected = defense.rejected(inputs, outputs, context) if deployed else [False] * len(inputs)
     predictions: list[Prediction | None] = [None] * len(rows)
     for position, i in enumerate(order):
         predictions[i] = task.score(outputs[position], truths[i], rejected[position], target)

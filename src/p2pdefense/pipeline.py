@@ -153,15 +153,17 @@ def prepare_data(config: RunConfig) -> PreparedData:
                         list(getattr(attack, "notes", [])), splits.trusted)
 
 
-def load_reference(name: str, config: RunConfig, tokenizer_texts: list[str], device):
-    """A reference LM, not fine-tuned: 'base' (the run's base model), 'smollm2-135m', a hub id or a path."""
+def load_reference(name: str, config: RunConfig, tokenizer_texts: list[str] | None, device, tiny_tokenizer=None):
+    """A reference LM, not fine-tuned: 'base' (the run's base model), 'smollm2-135m', a hub id or a path.
+    tiny_tokenizer: a finished tiny run's saved tokenizer (for `p2p predict`, which has no training texts)."""
     if name == "base":
         model_config = config.model.model_copy(update={"finetune": "full"})
     elif name == "smollm2-135m":
         model_config = ModelConfig(preset="smollm2-135m", finetune="full")
     else:
         model_config = ModelConfig(preset=None, name_or_path=name, finetune="full")
-    model, tokenizer = load_base_model(model_config, tokenizer_texts, config.seed, device=device)
+    model, tokenizer = load_base_model(model_config, tokenizer_texts, config.seed, device=device,
+                                       tiny_tokenizer=tiny_tokenizer)
     model.eval()
     return model, tokenizer
 
@@ -352,7 +354,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
 
     def dev_quality(m) -> float:
         predictions, _ = evaluate(m, task, defense, context, [(ex, "dev") for ex in splits.dev], None, batch,
-                                  device, config.seed, reject=False)
+                                  device, config.seed, deployed=False)
         return task.quality(predictions)[config.task.quality_metric]
 
     mark = lap("encode", mark)

@@ -11,6 +11,7 @@ from .data import Example, ExampleMeta, load_examples
 from .defenses import DefenseContext, build_defense
 from .evaluate import evaluate
 from .models import load_trained
+from .pipeline import load_reference
 
 
 def load_inputs(path: str, config: RunConfig, text_field: str | None = None) -> list[Example]:
@@ -42,7 +43,8 @@ def predict_run(run_dir: Path, input_path: str, text_field: str | None = None, b
     device = next(model.parameters()).device
     task = config.task.build(tokenizer, defense.output_space, config.train.max_length)
     context = DefenseContext(seed=config.seed, task_config=config.task, batch_size=batch_size, device=device,
-                             task=task, model=model)
+                             task=task, model=model, reference_source=lambda name: load_reference(
+                                 name, config, None, device, tiny_tokenizer=tokenizer))
     predictions, _ = evaluate(model, task, defense, context, [(ex, "input") for ex in examples], None, batch_size,
                               device, config.seed)
     return [task.public_row(p) for p in predictions]

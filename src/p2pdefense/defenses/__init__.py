@@ -2,6 +2,7 @@ from . import (  # noqa: F401  (modules register themselves)
     abl,
     activation_clustering,
     bki,
+    cleangen,
     crow,
     cube,
     dpoe,

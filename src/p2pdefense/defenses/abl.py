@@ -69,7 +69,7 @@ class ABL(Defense):
 
         def dev_accuracy() -> float:
             predictions, _ = evaluate(model, task, self, context, [(ex, "dev") for ex in context.dev], None,
-                                      context.batch_size, context.device, context.seed, reject=False)
+                                      context.batch_size, context.device, context.seed, deployed=False)
             return task.quality(predictions)[task.config.quality_metric]
 
         features = [task.encode_training(ex) for ex in self.isolated]

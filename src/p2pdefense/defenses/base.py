@@ -95,6 +95,11 @@ class Defense:
     def after_training(self, model, context: DefenseContext):
         return model
 
+    def inference_model(self, model, context: DefenseContext):
+        """The model as deployed: a wrapper that changes how it decodes (CleanGen), else the model itself. Not
+        used while dev rows select the best epoch."""
+        return model
+
     def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:
         return inputs
 

@@ -83,16 +83,17 @@ HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def load_base_model(config: ModelConfig, tokenizer_texts: Iterable[str] | None = None, seed: int = 0,
-                    dtype: torch.dtype | None = None, device=None):
+                    dtype: torch.dtype | None = None, device=None, tiny_tokenizer=None):
     """(model, tokenizer) ready for fine-tuning: LoRA-wrapped when finetune is lora.
 
     dtype: override config.dtype (see training_precision); device: load the weights straight onto it (each
-    process its own device under `accelerate launch`), instead of building on the CPU and moving them."""
+    process its own device under `accelerate launch`), instead of building on the CPU and moving them.
+    tiny_tokenizer: the tiny preset's tokenizer as a finished run saved it (instead of training one on texts)."""
     dtype = dtype or resolve_dtype(config.dtype)
     if config.preset == "tiny":
-        if tokenizer_texts is None:
+        if tokenizer_texts is None and tiny_tokenizer is None:
             raise ValueError("the tiny preset trains its tokenizer on the task's texts; none were given")
-        tokenizer = cached_tokenizer(tokenizer_texts, config.tiny.vocab_size, cache_root())
+        tokenizer = tiny_tokenizer or cached_tokenizer(tokenizer_texts, config.tiny.vocab_size, cache_root())
         model = build_tiny_llama(len(tokenizer), config.tiny.hidden_size, config.tiny.num_layers,
                                  config.tiny.num_heads, max_positions=2048, seed=seed).to(dtype)
     else:
