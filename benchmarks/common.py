@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import yaml
@@ -48,6 +49,25 @@ def base_raw() -> dict:
     raw = yaml.safe_load((ROOT / BASE).read_text(encoding="utf-8"))
     raw.pop("output_dir", None)
     return raw
+
+
+def cell_raw(model: str, attack: dict, overrides: dict) -> dict:
+    """A cell's full run configuration as a mapping: the base, the model's settings, the attack's, the cell's."""
+    from p2pdefense.bench import set_key
+
+    raw = base_raw()
+    for key, value in {**MODELS[model]["set"], **attack["set"], **overrides}.items():
+        set_key(raw, key, value)
+    return raw
+
+
+def mean_sd(values: list) -> str:
+    """'mean ± sample sd' in percent over the values that exist ('n/a' for none; sd 0.0 for one)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
 
 
 # the defender's zero-shot question for a chat model (their own task, not the attack), in the reference's own chat

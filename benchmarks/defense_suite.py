@@ -23,9 +23,19 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common import ATTACKS, MATH, MODELS, ROOT, base_raw, pinned_vocabulary, run_bench  # benchmarks/common.py
+from common import (  # benchmarks/common.py
+    ATTACKS,
+    MATH,
+    MODELS,
+    ROOT,
+    base_raw,
+    cell_raw,
+    mean_sd,
+    pinned_vocabulary,
+    run_bench,
+)
 
-from p2pdefense.bench import GridSpec, NamedCell, expand, set_key
+from p2pdefense.bench import GridSpec, NamedCell, expand
 from p2pdefense.compute import compute_ratio
 from p2pdefense.config import validate_config
 from p2pdefense.defenses import DEFENSES as REGISTRY
@@ -79,12 +89,9 @@ def build_spec(model: str, attacks: list[str], names: list[str] | None, seeds: l
         attack = SUITE_ATTACKS[attack_name]
         task = attack["set"].get("task.name", "classification")
         for name, overrides in defenses(model, attack["prompt"]).items():
-            raw = base_raw()
-            for key, value in {**MODELS[model]["set"], **attack["set"], **overrides}.items():
-                set_key(raw, key, value)
             if not applies(overrides, task):
                 continue
-            strings.update(vocabulary_strings(validate_config(raw)))
+            strings.update(vocabulary_strings(validate_config(cell_raw(model, attack, overrides))))
             if names and name not in names:
                 continue
             cells += [NamedCell(name=f"{attack_name} | {name}, seed={seed}",
@@ -97,14 +104,6 @@ def build_spec(model: str, attacks: list[str], names: list[str] | None, seeds: l
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
-
-
-def _fmt(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
 
 
 def suite_table(bench_dir) -> str:
@@ -139,9 +138,9 @@ def suite_table(bench_dir) -> str:
         und = [m for (a, k, _), m in refs.items() if a == attack and k == "undefended"]
         floor_values = [m.get("asr") for (a, k, _), m in refs.items() if a == attack and k == "clean"]
         floor = _mean(floor_values)
-        lines.append(f"| undefended | {len(und)} | {_fmt([m['ca'] for m in und])} | "
-                     f"{_fmt([m.get('asr') for m in und])} | {_fmt(floor_values)} | "
-                     f"{_fmt([m.get('triggered_accuracy') for m in und])} | | | 1.0 | 1.0 |")
+        lines.append(f"| undefended | {len(und)} | {mean_sd([m['ca'] for m in und])} | "
+                     f"{mean_sd([m.get('asr') for m in und])} | {mean_sd(floor_values)} | "
+                     f"{mean_sd([m.get('triggered_accuracy') for m in und])} | | | 1.0 | 1.0 |")
         candidates = []
         for (a, name), members in sorted(cells.items()):
             if a != attack:
@@ -156,12 +155,12 @@ def suite_table(bench_dir) -> str:
                     if (ratio := compute_ratio(r["metrics"], u)) is not None:
                         computes.append(ratio)
             rejected = [m.get("rejection_rate_clean") for m in ms]
-            rejections = (f"{_fmt(rejected)} / {_fmt([m.get('rejection_rate_triggered') for m in ms])}"
+            rejections = (f"{mean_sd(rejected)} / {mean_sd([m.get('rejection_rate_triggered') for m in ms])}"
                           if any(rejected) else "")
             asr, drop = _mean([m.get("asr") for m in ms]), _mean(drops)
             lines.append(
-                f"| {name} | {len(ms)} | {_fmt([m['ca'] for m in ms])} | {_fmt([m.get('asr') for m in ms])} | "
-                f"{_fmt(floor_values)} | {_fmt([m.get('triggered_accuracy') for m in ms])} | {rejections}"
+                f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
+                f"{mean_sd(floor_values)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections}"
                 f" | {'' if drop is None else f'{100 * drop:.1f}'} | "
                 f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "
                 f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")

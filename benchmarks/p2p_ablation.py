@@ -32,11 +32,13 @@ from common import (  # benchmarks/common.py
     ROOT,
     SALIENT_TRIGGER,
     base_raw,
+    cell_raw,
+    mean_sd,
     pinned_vocabulary,
     run_bench,
 )
 
-from p2pdefense.bench import GridSpec, NamedCell, expand, set_key
+from p2pdefense.bench import GridSpec, NamedCell, expand
 from p2pdefense.bench_report import role
 from p2pdefense.config import validate_config
 from p2pdefense.io import write_json_atomic
@@ -151,10 +153,7 @@ def full_vocabulary(model: str) -> set[str]:
     for attack in ATTACKS.values():
         for part in ("poisoned", "source", "knobs", "key"):
             for overrides in defense_cells(part, attack, MODELS[model]["reference"]).values():
-                raw = base_raw()
-                for key, value in {**MODELS[model]["set"], **attack["set"], **overrides}.items():
-                    set_key(raw, key, value)
-                strings.update(vocabulary_strings(validate_config(raw)))
+                strings.update(vocabulary_strings(validate_config(cell_raw(model, attack, overrides))))
     return strings
 
 
@@ -164,9 +163,7 @@ def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int
     out = []
     for defense, base in DEFENSES.items():
         for seed in seeds:
-            raw = base_raw()
-            for key, value in {**MODELS[model]["set"], **attack["set"], **base, "seed": seed}.items():
-                set_key(raw, key, value)
+            raw = cell_raw(model, attack, {**base, "seed": seed})
             for k in counts:
                 path = bench_dir / "subsets" / f"{attack_name}-seed{seed}-{defense}-k{k}.json"
                 if not path.exists():
@@ -178,14 +175,6 @@ def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int
                                      set={**attack["set"], **base, "defense.subset": "given",
                                           "defense.subset_rows": str(path.relative_to(ROOT)), "seed": seed}))
     return out
-
-
-def _mean_sd(values: list) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
 
 
 def ablation_table(bench_dir: Path) -> str:
@@ -221,9 +210,9 @@ def ablation_table(bench_dir: Path) -> str:
         for kind in ("clean", "undefended"):
             ms = list(seen_seeds.get(kind, {}).values())
             if ms:
-                lines.append(f"| {kind} | {len(ms)} | {_mean_sd([m['ca'] for m in ms])} | "
-                             f"{_mean_sd([m.get('asr') for m in ms])} | "
-                             f"{_mean_sd([m.get('triggered_accuracy') for m in ms])} | | | |")
+                lines.append(f"| {kind} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | "
+                             f"{mean_sd([m.get('asr') for m in ms])} | "
+                             f"{mean_sd([m.get('triggered_accuracy') for m in ms])} | | | |")
         for (a, name), members in sorted(groups.items()):
             if a != attack:
                 continue
@@ -232,10 +221,10 @@ def ablation_table(bench_dir: Path) -> str:
             aurocs = [m.get("suspicion_auroc") for m in ms if m.get("suspicion_auroc") is not None]
             rejected = [m.get("rejection_rate_clean") for m in ms]
             lines.append(
-                f"| {name} | {len(ms)} | {_mean_sd([m['ca'] for m in ms])} | {_mean_sd([m.get('asr') for m in ms])} | "
-                f"{_mean_sd([m.get('triggered_accuracy') for m in ms])} | "
-                f"{_mean_sd(rejected) if any(rejected) else ''}"
-                f"{' / ' + _mean_sd([m.get('rejection_rate_triggered') for m in ms]) if any(rejected) else ''} | "
+                f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
+                f"{mean_sd([m.get('triggered_accuracy') for m in ms])} | "
+                f"{mean_sd(rejected) if any(rejected) else ''}"
+                f"{' / ' + mean_sd([m.get('rejection_rate_triggered') for m in ms]) if any(rejected) else ''} | "
                 f"{statistics.fmean(poisoned_in_s):.1f} | "
                 f"{f'{statistics.fmean(aurocs):.3f}' if aurocs else ''} |")
         lines.append("")
