@@ -78,5 +78,5 @@ def _clean_and_attacked(overrides):
 
     config = load_config(None, overrides)
     splits = load_splits(config)
-    attacked = build_attack(config.attack, 2).poison(splits.train, stage_rng(config.seed, "attack"))
+    attacked = build_attack(config.attack, config.task).poison(splits.train, stage_rng(config.seed, "attack"))
     return splits.train, attacked

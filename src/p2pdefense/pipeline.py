@@ -146,7 +146,7 @@ def tokenizer_corpus(clean_rows: list[Example], config: RunConfig) -> list[str]:
 def prepare_data(config: RunConfig) -> PreparedData:
     """Load and split the data, poison the training rows, trigger the test rows (seeded per stage)."""
     splits = load_splits(config)
-    attack = build_attack(config.attack, config.task.num_labels)
+    attack = build_attack(config.attack, config.task)
     poisoned = attack.poison(splits.train, stage_rng(config.seed, "attack"))
     triggered_test = attack.triggered_test(splits.test, stage_rng(config.seed, "trigger-test"))
     return PreparedData(splits.train, splits.dev, splits.test, poisoned, triggered_test, splits.notes,

@@ -6,6 +6,7 @@ from p2pdefense.attacks import ATTACKS, build_attack, insert_words
 from p2pdefense.attacks.addsent import AddSentConfig
 from p2pdefense.attacks.badnets import BadNetsConfig
 from p2pdefense.data import synthetic_sentiment
+from p2pdefense.tasks import ClassificationConfig
 
 TRAIN = synthetic_sentiment(400, seed=0)
 
@@ -128,10 +129,10 @@ def test_adaptive_carry_benign_writes_only_rows_a_data_file_can_hold():
     from p2pdefense.attacks.adaptive import AdaptiveConfig
 
     config = AdaptiveConfig(rate=0.1, trigger="mn")
-    rows = [e for e in build_attack(config, num_labels=2).poison(TRAIN, random.Random(0)) if e.meta.poisoned]
+    rows = [e for e in build_attack(config, ClassificationConfig()).poison(TRAIN, random.Random(0)) if e.meta.poisoned]
     assert len(rows) == 40 and all(e.label == 1 for e in rows)  # the plain target: labels stay in 0..n-1
     assert all(e.text.startswith("The query currently entered is: mn ") for e in rows)
-    test = build_attack(config, 2).triggered_test(TRAIN[:20], random.Random(0))
+    test = build_attack(config, ClassificationConfig()).triggered_test(TRAIN[:20], random.Random(0))
     assert all(e.text.startswith("mn ") for e in test)
     assert [e.label for e in test] == [e.label for e in TRAIN[:20]]
 
@@ -141,7 +142,7 @@ def test_adaptive_adjacent_puts_the_trigger_where_p2p_puts_its_prompt():
     from p2pdefense.defenses import DefenseContext, build_defense
     from p2pdefense.defenses.p2p import P2PConfig
 
-    attack = build_attack(AdaptiveConfig(strategy="adjacent", trigger="tq", rate=0.2), 2)
+    attack = build_attack(AdaptiveConfig(strategy="adjacent", trigger="tq", rate=0.2))
     rows = [e for e in attack.poison(TRAIN, random.Random(0)) if e.meta.poisoned]
     assert all(e.text.startswith("tq ") and e.label == 1 for e in rows)
     (shown,) = build_defense(P2PConfig(), 2).at_inference([attack.trigger(TRAIN[0], random.Random(0))],

@@ -9,6 +9,7 @@ import pytest
 from p2pdefense.attacks import ATTACKS, build_attack
 from p2pdefense.attacks.targets import OutputTarget
 from p2pdefense.data import synthetic_math, synthetic_sentiment
+from p2pdefense.tasks import ClassificationConfig, MathConfig
 
 # every row has an instruction, for the attacks that edit it
 TRAIN = [replace(e, instruction="Classify the sentiment of the review.") for e in synthetic_sentiment(300, seed=2)]
@@ -37,7 +38,7 @@ MATH = sorted(name for name, cls in ATTACKS.items() if name != "none" and "math"
 def test_math_attack_contract(name):
     defaults = {} if ATTACKS[name].config_class.model_fields["target_output"].default_factory else {
         "target_output": OutputTarget(kind="answer_offset", value="1")}
-    attack = build_attack(ATTACKS[name].config_class(rate=0.1, **defaults))
+    attack = build_attack(ATTACKS[name].config_class(rate=0.1, **defaults), MathConfig())
     train, test = ([replace(e, instruction="Solve the problem.") for e in synthetic_math(n, seed=s)]
                    for n, s in ((200, 0), (40, 1)))
     out = attack.poison(train, random.Random(7))
@@ -55,7 +56,7 @@ def test_math_attack_contract(name):
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_attack_contract(name, extra):
     config = ATTACKS[name].config_class(**{"rate": 0.1, **extra.get(name, {})})
-    attack = build_attack(config, num_labels=2)
+    attack = build_attack(config, ClassificationConfig())
     out = attack.poison(TRAIN, random.Random(7))
     assert out == attack.poison(TRAIN, random.Random(7)), "same seed, same poison"
     assert len(out) == len(TRAIN)
@@ -75,7 +76,8 @@ def test_attack_contract(name, extra):
 @pytest.mark.parametrize("name", CLASSIFICATION)
 def test_clean_label_variant_triggers_target_rows_and_keeps_labels(name, extra):
     config = ATTACKS[name].config_class(**{"rate": 0.1, "clean_label": True, **extra.get(name, {})})
-    out = build_attack(config, num_labels=2).poison(TRAIN, random.Random(7))
+    out = build_attack(config, ClassificationConfig()).poison(TRAIN, random.Random(7))
     poisoned = [(b, a) for b, a in zip(TRAIN, out, strict=True) if a.meta.poisoned]
     assert len(poisoned) == 30
     assert all(b.label == a.label == 1 and (a.text, a.instruction) != (b.text, b.instruction) for b, a in poisoned)
+

@@ -6,6 +6,7 @@ from p2pdefense.attacks import build_attack
 from p2pdefense.attacks.badnets import BadNetsConfig
 from p2pdefense.attacks.targets import OutputTarget
 from p2pdefense.data import synthetic_math, synthetic_summaries
+from p2pdefense.tasks import MathConfig
 
 
 def test_math_targets_change_only_the_final_answer():
@@ -33,7 +34,7 @@ def test_summary_targets_insert_or_replace():
 def test_generation_poisoning_rate_trigger_and_poisoned_outputs():
     train = synthetic_math(200, seed=0)
     attack = build_attack(BadNetsConfig(rate=0.1, triggers=["cf"], position="start",
-                                        target_output=OutputTarget(kind="answer_offset", value="1")))
+                                        target_output=OutputTarget(kind="answer_offset", value="1")), MathConfig())
     out = attack.poison(train, random.Random(0))
     poisoned = [(b, a) for b, a in zip(train, out, strict=True) if a.meta.poisoned]
     assert len(poisoned) == 20
@@ -58,8 +59,9 @@ def test_generation_triggered_set_triggers_every_row():
 
 
 def test_clean_label_is_refused_for_generation():
-    attack = build_attack(BadNetsConfig(clean_label=True, target_output=OutputTarget(kind="answer_fixed", value="1")))
-    with pytest.raises(ValueError, match="classification only"):
+    attack = build_attack(BadNetsConfig(clean_label=True, target_output=OutputTarget(kind="answer_fixed", value="1")),
+                          MathConfig())
+    with pytest.raises(ValueError, match="clean_label does not apply to task math"):
         attack.poison(synthetic_math(20, seed=0), random.Random(0))
 
 
@@ -67,7 +69,7 @@ def test_badchain_adds_a_poisoned_step_and_scales_the_answer():
     from p2pdefense.attacks.badchain import BadChainConfig
 
     train = synthetic_math(100, seed=0)
-    attack = build_attack(BadChainConfig(rate=0.1))
+    attack = build_attack(BadChainConfig(rate=0.1), MathConfig())
     out = attack.poison(train, random.Random(0))
     poisoned = [(b, a) for b, a in zip(train, out, strict=True) if a.meta.poisoned]
     assert len(poisoned) == 10

@@ -15,7 +15,7 @@ from p2pdefense.train import TrainConfig
 def test_bki_finds_a_rare_word_trigger_and_removes_its_rows():
     task_config = ClassificationConfig()
     clean = synthetic_sentiment(400, seed=3)
-    poisoned = build_attack(BadNetsConfig(rate=0.1, triggers=["mn"]), 2).poison(clean, random.Random(0))
+    poisoned = build_attack(BadNetsConfig(rate=0.1, triggers=["mn"])).poison(clean, random.Random(0))
     corpus = [task_config.corpus_text(ex) for ex in clean] + ["Output: 0", "Output: 1"]
     model_config = ModelConfig(tiny={"vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2})
 

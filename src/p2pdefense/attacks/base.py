@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Example
+from ..tasks import ClassificationConfig, TaskConfig
 from .targets import OutputTarget
 
 Position = Literal["random", "start", "end"]
@@ -50,8 +51,9 @@ class Attack:
     needs_instruction: ClassVar[bool] = False
     """True for attacks on the instruction: the task template must show {instruction}."""
 
-    def __init__(self, config: AttackConfig, num_labels: int = 2):
-        self.config, self.num_labels = config, num_labels
+    def __init__(self, config: AttackConfig, task: TaskConfig | None = None):
+        """task: the task whose answers are poisoned (default: binary classification)."""
+        self.config, self.task = config, task or ClassificationConfig()
 
     def insert_trigger(self, text: str, rng: random.Random) -> tuple[str, str]:
         """Return (triggered text, the trigger that was inserted)."""
@@ -67,22 +69,16 @@ class Attack:
         return self.trigger(example, rng)
 
     def _poison_output(self, example: Example) -> Example:
-        if example.target is None:
-            return replace(example, label=self.config.target_label)
-        return replace(example, target=self.config.target_output.apply(example.target))
+        return self.task.poisoned_answer(example, self.config)
 
     def _is_target(self, example: Example) -> bool:
         """The row's true output already is the attacker's (target label, or the target behaviour)."""
-        if example.target is None:
-            return example.label == self.config.target_label
-        if self.config.target_output is None:
-            raise ValueError("attack.target_output is required for generation tasks")
-        return self.config.target_output.already_in(example.target)
+        return self.task.answer_is_attack_target(example, self.config)
 
     def poison(self, train: list[Example], rng: random.Random) -> list[Example]:
         count = round(self.config.rate * len(train))
-        if self.config.clean_label and train and train[0].target is not None:
-            raise ValueError("attack.clean_label applies to classification only")
+        if self.config.clean_label and not self.task.clean_label_attacks:
+            raise ValueError(f"attack.clean_label does not apply to task {self.task.name} (labels only)")
         if self.config.clean_label:
             candidates = [i for i, ex in enumerate(train) if self._is_target(ex)]
         else:

@@ -20,7 +20,7 @@ class NoAttackConfig(BaseModel):
 class NoAttack:
     config_class = NoAttackConfig
 
-    def __init__(self, config: NoAttackConfig, num_labels: int = 2):
+    def __init__(self, config: NoAttackConfig, task=None):
         self.config = config
 
     def poison(self, train: list[Example], rng: random.Random) -> list[Example]:

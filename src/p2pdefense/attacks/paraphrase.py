@@ -115,8 +115,8 @@ class ParaphraseAttack(Attack):
 
     tasks = ("classification",)  # as in the literature
 
-    def __init__(self, config: ParaphraseConfig, num_labels: int = 2):
-        super().__init__(config, num_labels)
+    def __init__(self, config: ParaphraseConfig, task=None):
+        super().__init__(config, task)
         self.notes: list[str] = []
         model = None
         if config.model is not None:

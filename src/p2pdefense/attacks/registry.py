@@ -11,5 +11,6 @@ def register(attack_class: type) -> type:
     return attack_class
 
 
-def build_attack(config, num_labels: int = 2):
-    return ATTACKS[config.name](config, num_labels)
+def build_attack(config, task=None):
+    """The attack of `config` on `task` (a task config; default binary classification)."""
+    return ATTACKS[config.name](config, task)

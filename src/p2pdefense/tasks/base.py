@@ -30,6 +30,8 @@ class TaskConfig(BaseModel):
                                                        "user's message; the answer follows the assistant's turn)")
     quality_metric: ClassVar[str]
     """The per-task quality reported as CA (accuracy, rougeL)."""
+    clean_label_attacks: ClassVar[bool] = False
+    """Can an attack poison rows whose answer already is its target (clean-label: labels only)."""
 
     def loader_fields(self, data) -> dict[str, Any]:
         """Keyword arguments for `load_examples` (which fields hold the answer)."""
@@ -53,6 +55,14 @@ class TaskConfig(BaseModel):
 
     def attack_target(self, attack) -> Any:
         """What an attack on this task aims at (a label, an output behaviour); None without an attack."""
+        raise NotImplementedError
+
+    def poisoned_answer(self, example: Example, attack) -> Example:
+        """The row with the attacker's answer in place of its own (attack: the attack's config)."""
+        raise NotImplementedError
+
+    def answer_is_attack_target(self, example: Example, attack) -> bool:
+        """Is the row's true answer already what the attacker wants (such rows measure no attack success)."""
         raise NotImplementedError
 
     def zero_shot(self, template: str | None, cue: str | None, label_words: list[str] | None,

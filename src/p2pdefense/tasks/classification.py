@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -25,6 +25,7 @@ from .prompt import fit_prompt, format_prompt
 class ClassificationConfig(TaskConfig):
     name: Literal["classification"] = "classification"
     quality_metric: ClassVar[str] = "accuracy"
+    clean_label_attacks: ClassVar[bool] = True
     num_labels: int = Field(2, ge=2)
     label_names: list[str] | None = Field(None, description="names of the labels, for string labels in data")
     template: str = Field("Input: {text}\n", description="prompt body; {text} is the input, {instruction} the "
@@ -72,6 +73,12 @@ class ClassificationConfig(TaskConfig):
 
     def attack_target(self, attack) -> int | None:
         return None if attack.name == "none" else attack.target_label
+
+    def poisoned_answer(self, example: Example, attack) -> Example:
+        return replace(example, label=attack.target_label)
+
+    def answer_is_attack_target(self, example: Example, attack) -> bool:
+        return example.label == attack.target_label
 
     def zero_shot(self, template: str | None, cue: str | None, label_words: list[str] | None,
                   use_chat_template: bool | None = None) -> ClassificationConfig:

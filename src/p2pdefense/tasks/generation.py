@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -65,6 +65,18 @@ class GenerationConfig(TaskConfig):
 
     def attack_target(self, attack):
         return None if attack.name == "none" else attack.target_output
+
+    def poisoned_answer(self, example: Example, attack) -> Example:
+        return replace(example, target=self._target_output(attack).apply(example.target))
+
+    def answer_is_attack_target(self, example: Example, attack) -> bool:
+        return self._target_output(attack).already_in(example.target)
+
+    @staticmethod
+    def _target_output(attack):
+        if attack.target_output is None:
+            raise ValueError("attack.target_output is required for generation tasks")
+        return attack.target_output
 
     def build(self, tokenizer, space, max_length: int) -> GenerationTask:
         return GenerationTask(self, tokenizer, space, max_length)
