@@ -1,0 +1,46 @@
+"""The defense suite's table and recommendation (benchmarks/defense_suite.py) from a store built by hand."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2pdefense.store import ResultsStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+defense_suite = pytest.importorskip("defense_suite")
+
+
+def row(cell: str, seed: int, ca: float, asr: float, wall: float = 10.0, flops: float | None = None) -> dict:
+    metrics = {"ca": ca, "asr": asr, "triggered_accuracy": 1 - asr, "wall_seconds": wall}
+    if flops is not None:
+        metrics["compute"] = {"flops": flops}
+    name, _, role = cell.partition(" (")  # "attack | defense (clean)": labelled as the bench labels it
+    label = f"{name}, seed={seed}" + (f" ({role}" if role else "")
+    return {"hash": f"{cell}-{seed}", "cell": label, "run_dir": f"{cell}-{seed}",
+            "config": {"seed": seed}, "metrics": metrics}
+
+
+def test_the_suite_table_and_its_recommendation(tmp_path):
+    store = ResultsStore(tmp_path)
+    for seed, (floor, undefended_asr) in enumerate([(0.10, 0.90), (0.20, 1.00)]):
+        store.append(row("badnets | p2p (clean)", seed, 0.80, floor))
+        store.append(row("badnets | p2p (undefended)", seed, 0.80, undefended_asr, flops=100.0))
+        store.append(row("badnets | p2p", seed, 0.80, undefended_asr))
+        # within 5 points of the floor (0.15 mean), CA drop 1 point: meets the goal
+        store.append(row("badnets | good", seed, 0.79, floor + 0.04, wall=30.0, flops=300.0))
+        # at the floor but CA drop 10 points: does not
+        store.append(row("badnets | costly", seed, 0.70, floor))
+        store.append(row("addsent | p2p (clean)", seed, 0.80, 0.10))
+        store.append(row("addsent | p2p (undefended)", seed, 0.80, 1.00))
+        store.append(row("addsent | p2p", seed, 0.81, 0.95))
+        store.append(row("addsent | half", seed, 0.80, 0.50))
+    table = defense_suite.suite_table(tmp_path)
+    assert ("| undefended | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 | 5.0 ± 7.1 | | | 1.0 | 1.0 |" in table)
+    assert "| good | 2 | 79.0 ± 0.0 | 19.0 ± 7.1 | 15.0 ± 7.1 | 81.0 ± 7.1 |  | 1.0 | 3.00 | 3.00 |" in table
+    assert "| costly | 2 | 70.0 ± 0.0 | 15.0 ± 7.1 |" in table
+    verdicts = table.split("## Which defense for which threat")[1]
+    assert "| badnets | good (ASR +4.0 over floor, CA drop 1.0) | yes |" in verdicts
+    assert "costly" not in verdicts
+    # none meets it for addsent: the closest defense with a CA drop of at most 1.5 points
+    assert "| addsent | closest: half (ASR +40.0 over floor, CA drop 0.0) | no |" in verdicts
