@@ -127,7 +127,8 @@ def choose_given_rows(config_raw: dict, defense: str, poisoned_count: int, seed:
     return sorted(ex.meta.source_index for ex in chosen)
 
 
-def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int], bench_dir: Path) -> GridSpec:
+def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int], bench_dir: Path,
+               write_subsets: bool = True) -> GridSpec:
     settings = MODELS[model]
     cells: list[NamedCell] = []
     for attack_name in attacks:
@@ -139,7 +140,7 @@ def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int
                                            set={**attack["set"], **overrides, "seed": seed}))
         if "poisoned" in parts or "key" in parts:
             counts = POISONED_COUNTS if "poisoned" in parts else [0]
-            cells += given_cells(model, attack_name, counts, seeds, bench_dir)
+            cells += given_cells(model, attack_name, counts, seeds, bench_dir, write_subsets)
     # the tokenizer vocabulary of every part and attack, so that running some parts gives the same runs (and
     # references) as running all of them
     return GridSpec(name=f"p2p-ablation-{model}", base=base_raw(),
@@ -157,8 +158,10 @@ def full_vocabulary(model: str) -> set[str]:
     return strings
 
 
-def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int], bench_dir: Path) -> list[NamedCell]:
-    """`subset: given` cells with exactly k poisoned rows in the defensive subset (files written once)."""
+def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int], bench_dir: Path,
+                write: bool = True) -> list[NamedCell]:
+    """`subset: given` cells with exactly k poisoned rows in the defensive subset (files written once; with
+    write=False, a dry run, nothing is loaded or written and every count is listed)."""
     attack = ATTACKS[attack_name]
     out = []
     for defense, base in DEFENSES.items():
@@ -166,7 +169,7 @@ def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int
             raw = cell_raw(model, attack, {**base, "seed": seed})
             for k in counts:
                 path = bench_dir / "subsets" / f"{attack_name}-seed{seed}-{defense}-k{k}.json"
-                if not path.exists():
+                if write and not path.exists():
                     chosen = choose_given_rows(raw, defense, k, seed)
                     if chosen is None:
                         continue
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts or (["poisoned", "source", "knobs"] if model == "tiny" else ["key"])
     attacks = args.attacks or (sorted(ATTACKS) if model == "tiny" else ["badnets"])
     bench_dir = ROOT / "benchmarks" / "results" / f"p2p-ablation-{model}"
-    spec = build_spec(model, parts, attacks, seeds, bench_dir)
+    spec = build_spec(model, parts, attacks, seeds, bench_dir, write_subsets=not args.dry_run)
     if args.cells:
         spec.cells = [c for c in spec.cells if any(part in c.name for part in args.cells)]
     return run_bench(expand(spec, ROOT, bench_dir), bench_dir, args.workers, args.dry_run, "ablation.md",
