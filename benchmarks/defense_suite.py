@@ -126,21 +126,22 @@ def suite_table(bench_dir) -> str:
             cells[(attack, name)].append(r)
     lines = ["# Defense suite", "",
              "Mean ± sd over seeds. floor: the clean model's ASR. compute: estimated FLOPs of every model the run "
-             "used (p2pdefense/compute.py; blank for runs that predate the count); wall: wall time (noisy: runs "
+             "used (p2pdefense/compute.py; blank for runs that predate the count); removed: the share of a filter's "
+             "removed rows that were poisoned, and of the poison it removed; wall: wall time (noisy: runs "
              "shared two CPU cores with other work); both against the undefended run of the same seed. A rejected "
              "input is neither correct nor an attack success. The moderate-fitting row is no defense, trained less "
              "(a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):
         lines += [f"## {attack}", "", "| defense | seeds | CA % | ASR % | floor % | triggered acc. % | "
-                  "rejected clean / trig. % | CA drop (pts) | compute (x) | wall (x) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "rejected clean / trig. % | removed: precision / recall % | CA drop (pts) | compute (x) | "
+                  "wall (x) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         und = [m for (a, k, _), m in refs.items() if a == attack and k == "undefended"]
         floor_values = [m.get("asr") for (a, k, _), m in refs.items() if a == attack and k == "clean"]
         floor = _mean(floor_values)
         lines.append(f"| undefended | {len(und)} | {mean_sd([m['ca'] for m in und])} | "
                      f"{mean_sd([m.get('asr') for m in und])} | {mean_sd(floor_values)} | "
-                     f"{mean_sd([m.get('triggered_accuracy') for m in und])} | | | 1.0 | 1.0 |")
+                     f"{mean_sd([m.get('triggered_accuracy') for m in und])} | | | | 1.0 | 1.0 |")
         candidates = []
         for (a, name), members in sorted(cells.items()):
             if a != attack:
@@ -157,11 +158,16 @@ def suite_table(bench_dir) -> str:
             rejected = [m.get("rejection_rate_clean") for m in ms]
             rejections = (f"{mean_sd(rejected)} / {mean_sd([m.get('rejection_rate_triggered') for m in ms])}"
                           if any(rejected) else "")
+            # what a filter removed, joined after the fact (from counts: runs before removal_precision have them)
+            removed = [m for m in ms if m.get("num_removed")]
+            removals = (f"{mean_sd([m['num_poisoned_removed'] / m['num_removed'] for m in removed])} / "
+                        f"{mean_sd([m['num_poisoned_removed'] / m['num_poisoned'] for m in removed])}"
+                        if removed else "")
             asr, drop = _mean([m.get("asr") for m in ms]), _mean(drops)
             lines.append(
                 f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
                 f"{mean_sd(floor_values)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections}"
-                f" | {'' if drop is None else f'{100 * drop:.1f}'} | "
+                f" | {removals} | {'' if drop is None else f'{100 * drop:.1f}'} | "
                 f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "
                 f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")
             if asr is not None and floor is not None and drop is not None and name != "moderate-fitting":

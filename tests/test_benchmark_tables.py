@@ -11,8 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 defense_suite = pytest.importorskip("defense_suite")
 
 
-def row(cell: str, seed: int, ca: float, asr: float, wall: float = 10.0, flops: float | None = None) -> dict:
-    metrics = {"ca": ca, "asr": asr, "triggered_accuracy": 1 - asr, "wall_seconds": wall}
+def row(cell: str, seed: int, ca: float, asr: float, wall: float = 10.0, flops: float | None = None,
+        removed: tuple[int, int] = (0, 0)) -> dict:
+    metrics = {"ca": ca, "asr": asr, "triggered_accuracy": 1 - asr, "wall_seconds": wall, "num_poisoned": 20,
+               "num_removed": removed[0], "num_poisoned_removed": removed[1]}
     if flops is not None:
         metrics["compute"] = {"flops": flops}
     name, _, role = cell.partition(" (")  # "attack | defense (clean)": labelled as the bench labels it
@@ -28,7 +30,8 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
         store.append(row("badnets | p2p (undefended)", seed, 0.80, undefended_asr, flops=100.0))
         store.append(row("badnets | p2p", seed, 0.80, undefended_asr))
         # within 5 points of the floor (0.15 mean), CA drop 1 point: meets the goal
-        store.append(row("badnets | good", seed, 0.79, floor + 0.04, wall=30.0, flops=300.0))
+        store.append(row("badnets | good", seed, 0.79, floor + 0.04, wall=30.0, flops=300.0,
+                         removed=(20, 10 + 5 * seed)))
         # at the floor but CA drop 10 points: does not
         store.append(row("badnets | costly", seed, 0.70, floor))
         store.append(row("addsent | p2p (clean)", seed, 0.80, 0.10))
@@ -36,8 +39,10 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
         store.append(row("addsent | p2p", seed, 0.81, 0.95))
         store.append(row("addsent | half", seed, 0.80, 0.50))
     table = defense_suite.suite_table(tmp_path)
-    assert ("| undefended | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 | 5.0 ± 7.1 | | | 1.0 | 1.0 |" in table)
-    assert "| good | 2 | 79.0 ± 0.0 | 19.0 ± 7.1 | 15.0 ± 7.1 | 81.0 ± 7.1 |  | 1.0 | 3.00 | 3.00 |" in table
+    assert ("| undefended | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 | 5.0 ± 7.1 | | | | 1.0 | 1.0 |" in table)
+    # removed 20 rows each seed, 10 and 15 of them poisoned (of 20): precision = recall = 62.5 ± 17.7
+    assert ("| good | 2 | 79.0 ± 0.0 | 19.0 ± 7.1 | 15.0 ± 7.1 | 81.0 ± 7.1 |  | 62.5 ± 17.7 / 62.5 ± 17.7 | 1.0 | "
+            "3.00 | 3.00 |") in table
     assert "| costly | 2 | 70.0 ± 0.0 | 15.0 ± 7.1 |" in table
     verdicts = table.split("## Which defense for which threat")[1]
     assert "| badnets | good (ASR +4.0 over floor, CA drop 1.0) | yes |" in verdicts

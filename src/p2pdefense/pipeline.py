@@ -376,6 +376,8 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
         num_poisoned=len(poisoned_ids), num_benign=len(benign_ids),
         num_poisoned_in_benign_subset=len(poisoned_ids & benign_ids),
         num_removed=len(removed_ids), num_poisoned_removed=len(poisoned_ids & removed_ids),
+        removal_precision=len(poisoned_ids & removed_ids) / len(removed_ids) if removed_ids else None,
+        removal_recall=len(poisoned_ids & removed_ids) / len(poisoned_ids) if removed_ids and poisoned_ids else None,
         suspicion_auroc=None if suspicion is None else auroc(list(suspicion.values()),
                                                              [i in poisoned_ids for i in suspicion]),
         learning_rate=learning_rate, best_epoch=train_report.best_epoch, epochs=train_report.epochs,

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from p2pdefense import pipeline
 from p2pdefense.config import load_config
 from p2pdefense.data import Example, ExampleMeta
@@ -31,6 +33,10 @@ def test_unlearning_stops_and_undoes_an_epoch_that_costs_clean_accuracy(tmp_path
     _, kept = pipeline.run(load_config(None, [*common, "defense.unlearning_epochs=0", "name=none"]))
     _, wrecked = pipeline.run(load_config(None, [*common, "defense.unlearning_rate=5.0", "name=ascent"]))
     assert kept["num_removed"] == wrecked["num_removed"] == round(0.05 * kept["num_train"])
+    # detection quality, joined after the run: precision over the removed rows, recall over the poison
+    assert kept["removal_precision"] == kept["num_poisoned_removed"] / kept["num_removed"]
+    assert kept["removal_recall"] == kept["num_poisoned_removed"] / kept["num_poisoned"] == pytest.approx(
+        kept["num_poisoned_removed"] / round(0.2 * kept["num_train"]))
     assert "unlearned the isolated rows for 0 of 5 epochs" in wrecked["defense_notes"][-1]
     before = [json.loads(line) for line in (tmp_path / "none" / "predictions.jsonl").read_text().splitlines()]
     after = [json.loads(line) for line in (tmp_path / "ascent" / "predictions.jsonl").read_text().splitlines()]
