@@ -34,3 +34,17 @@ def test_a_dpoe_run_trains_both_experts_and_keeps_only_the_main_model(tmp_path):
     saved = json.loads((run_dir / "model" / "config.json").read_text())
     assert saved["num_hidden_layers"] == 2  # the main model, not the one-layer expert
     assert 0.0 <= metrics["ca"] <= 1.0
+
+
+def test_a_generation_run_selects_its_epoch_by_decoding_with_the_main_model(tmp_path):
+    config = load_config(None, [
+        "data.synthetic.train_rows=60", "data.synthetic.test_rows=10", "data.max_dev_rows=4", "task.name=math",
+        "task.max_new_tokens=6", "attack.name=badnets", "attack.rate=0.2", "attack.triggers=[cf]",
+        "attack.target_output.kind=answer_offset", "attack.target_output.value='1'", "train.epochs=2",
+        "train.max_length=160", "model.tiny.vocab_size=400", "model.tiny.hidden_size=32",
+        "model.tiny.num_layers=2", "model.tiny.num_heads=2", "stealth_report=false", "defense.name=dpoe",
+        f"output_dir={tmp_path}", "name=dpoe-math"])
+    run_dir, metrics = pipeline.run(config)  # dev rows are decoded after each epoch, through the training module
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2] and all("dev_score" in e for e in log)
+    assert metrics["num_clean"] == 10

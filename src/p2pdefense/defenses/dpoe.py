@@ -62,6 +62,10 @@ class ProductOfExperts(torch.nn.Module):
         return SimpleNamespace(logits=torch.log_softmax(main.float(), dim=-1)
                                + self.alpha * torch.log_softmax(shallow.float(), dim=-1))
 
+    def generate(self, *args, **kwargs):
+        """Decoding (dev rows of a generation task during training) is the main model's alone."""
+        return self.main.generate(*args, **kwargs)
+
 
 @register
 class DPoE(Defense):
