@@ -78,6 +78,10 @@ def defenses(model: str, prompt: dict) -> dict[str, dict]:
     }
 
 
+# below this gap between the undefended ASR and the floor the attack did not take: no defense can be judged
+ATTACK_TOOK = 0.10
+
+
 def applies(overrides: dict, task: str) -> bool:
     tasks = REGISTRY[overrides["defense.name"]].tasks
     return tasks is None or task in tasks
@@ -174,7 +178,12 @@ def suite_table(bench_dir) -> str:
                 candidates.append((name, asr - floor, drop))
         lines.append("")
         meeting = [c for c in candidates if c[1] <= 0.05 and c[2] <= 0.015]
-        if meeting:
+        undefended_asr = _mean([m.get("asr") for m in und])
+        if undefended_asr is None or floor is None or undefended_asr - floor < ATTACK_TOOK:
+            verdicts.append(f"| {attack} | none to judge: the attack did not take (undefended ASR "
+                            f"{mean_sd([m.get('asr') for m in und])} against a floor of {mean_sd(floor_values)}) "
+                            "| n/a |")
+        elif meeting:
             verdicts.append(f"| {attack} | " + ", ".join(f"{n} (ASR {100 * g:+.1f} over floor, CA drop "
                                                            f"{100 * d:.1f})" for n, g, d in meeting) + " | yes |")
         elif candidates:
@@ -182,7 +191,9 @@ def suite_table(bench_dir) -> str:
             n, g, d = min(kept, key=lambda c: c[1])
             verdicts.append(f"| {attack} | closest: {n} (ASR {100 * g:+.1f} over floor, CA drop {100 * d:.1f}) | no |")
     lines += ["## Which defense for which threat", "",
-              "Goal: ASR within 5 points of the clean floor with a CA drop of at most 1.5 points (means over seeds).",
+              "Goal: ASR within 5 points of the clean floor with a CA drop of at most 1.5 points (means over seeds). "
+              f"An attack whose undefended ASR is less than {100 * ATTACK_TOOK:.0f} points above the floor has "
+              "nothing to judge.",
               "", "| attack | defenses meeting the goal (else the closest with CA drop <= 1.5) | goal met |",
               "|---|---|---|", *verdicts, ""]
     return "\n".join(lines) + "\n"
