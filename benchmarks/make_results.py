@@ -28,7 +28,7 @@ STORES = {
                           "--parts poisoned source"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
-                             "--cells 'p2p ranked reference_agreement' 'pdb trusted 200'"),
+                             "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (BKI on CTBA: seeds 0-2)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
