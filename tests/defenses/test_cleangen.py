@@ -57,9 +57,12 @@ def test_the_stage_wraps_the_model_with_the_reference_and_reports_replacements(s
     context = DefenseContext(task=task, reference_source=lambda name: (reference, task.tokenizer))
     deployed = defense.inference_model(model, context)
     assert texts(task, deployed) == texts(task, reference)
+    checked = deployed.checked
+    assert checked > 0
     assert defense.rejected(ROWS, [None] * len(ROWS), context) == [False] * len(ROWS)
-    assert "cleangen: reference 'base', alpha 0.0:" in context.notes[0]
-    assert f"{deployed.checked} generated tokens replaced" not in context.notes[0]  # counters were reset
+    # alpha 0: every choice replaced; the counters start again for the next evaluation
+    assert context.notes[0] == f"cleangen: reference 'base', alpha 0.0: {checked} of {checked} token choices replaced"
+    assert deployed.checked == deployed.replaced == 0
     other = train_tokenizer(["a b c d e f"] * 10, 280)
     context = DefenseContext(task=task, reference_source=lambda name: (reference, other))
     with pytest.raises(ValueError, match="same vocabulary"):

@@ -105,9 +105,9 @@ class CleanGen(Defense):
         return self.deployed
 
     def rejected(self, inputs: list, outputs: list, context: DefenseContext) -> list[bool]:
-        """Rejects nothing; reports how many generated tokens the reference replaced."""
+        """Rejects nothing; reports how many token choices (rows x decoding steps) the reference replaced."""
         deployed = self.deployed
         context.notes.append(f"cleangen: reference {self.config.reference!r}, alpha {self.config.alpha}: "
-                             f"{deployed.replaced} of {deployed.checked} generated tokens replaced")
+                             f"{deployed.replaced} of {deployed.checked} token choices replaced")
         deployed.replaced = deployed.checked = 0
         return [False] * len(inputs)

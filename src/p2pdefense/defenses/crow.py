@@ -18,15 +18,13 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .base import Defense, DefenseConfig
 from .context import DefenseContext
 from .registry import register
-from .subset import trusted_subset
+from .subset import TrustedRowsConfig, TrustedRowsDefense, trusted_subset
 
 
-class CrowConfig(DefenseConfig):
+class CrowConfig(TrustedRowsConfig):
     name: Literal["crow"] = "crow"
-    trusted_data: str = Field(description="a file of trusted rows, or 'holdout' (data.trusted_holdout)")
     trusted_rows: int | None = Field(100, ge=1, description="a seeded sample of this many trusted rows (CROW: 100)")
     epochs: int = Field(5, ge=1)
     alpha: float = Field(5.5, ge=0.0, description="weight of the consistency loss")
@@ -43,11 +41,8 @@ def consistency_loss(hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor
 
 
 @register
-class Crow(Defense):
+class Crow(TrustedRowsDefense):
     config_class = CrowConfig
-
-    def check_ready(self, context: DefenseContext) -> None:
-        trusted_subset(self.config, context)
 
     def after_training(self, model, context: DefenseContext):
         from ..train import collate

@@ -12,26 +12,20 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import Defense, DefenseConfig
 from .context import DefenseContext
 from .registry import register
-from .subset import trusted_subset
+from .subset import TrustedRowsConfig, TrustedRowsDefense, trusted_subset
 
 
-class FineTuneConfig(DefenseConfig):
+class FineTuneConfig(TrustedRowsConfig):
     name: Literal["finetune"] = "finetune"
-    trusted_data: str = Field(description="a file of trusted rows, or 'holdout' (data.trusted_holdout)")
-    trusted_rows: int | None = Field(None, ge=1, description="a seeded sample of this many trusted rows")
     epochs: int = Field(5, ge=1)
     learning_rate: float | None = Field(None, gt=0.0, description="default: the run's learning rate")
 
 
 @register
-class FineTune(Defense):
+class FineTune(TrustedRowsDefense):
     config_class = FineTuneConfig
-
-    def check_ready(self, context: DefenseContext) -> None:
-        trusted_subset(self.config, context)
 
     def after_training(self, model, context: DefenseContext):
         from ..train import make_accelerator, train

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ..data import Example
-from .base import DefenseConfig, rows_by_label
+from .base import Defense, DefenseConfig, rows_by_label
 from .context import DefenseContext, MissingRequirement
 from .scorers import ScorerSettings, build_scorer, default_scorer
 
@@ -82,6 +82,20 @@ def read_subset_rows(path: str) -> list[int]:
         except (TypeError, ValueError):
             raise ValueError(f"{path}: line {line}: source row index must be an integer, got {value!r}") from None
     return rows
+
+
+class TrustedRowsConfig(DefenseConfig):
+    """The settings of a defense that repairs the model with trusted rows (fine-tuning, CROW, Wanda)."""
+
+    trusted_data: str = Field(description="a file of trusted rows, or 'holdout' (data.trusted_holdout)")
+    trusted_rows: int | None = Field(None, ge=1, description="a seeded sample of this many trusted rows")
+
+
+class TrustedRowsDefense(Defense):
+    """A defense that needs trusted rows after training: the run fails before any training without them."""
+
+    def check_ready(self, context: DefenseContext) -> None:
+        trusted_subset(self.config, context)
 
 
 def trusted_subset(config, context: DefenseContext) -> list[Example]:

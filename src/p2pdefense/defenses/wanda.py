@@ -17,15 +17,13 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .base import Defense, DefenseConfig
 from .context import DefenseContext
 from .registry import register
-from .subset import trusted_subset
+from .subset import TrustedRowsConfig, TrustedRowsDefense, trusted_subset
 
 
-class WandaConfig(DefenseConfig):
+class WandaConfig(TrustedRowsConfig):
     name: Literal["wanda"] = "wanda"
-    trusted_data: str = Field(description="a file of trusted rows, or 'holdout' (data.trusted_holdout)")
     trusted_rows: int | None = Field(128, ge=1, description="calibration rows (Wanda: 128 sequences)")
     sparsity: float = Field(0.5, gt=0.0, lt=1.0, description="share of each output row's weights set to zero")
 
@@ -80,11 +78,8 @@ def prune_linear(linear: torch.nn.Linear, norms: torch.Tensor, sparsity: float) 
 
 
 @register
-class Wanda(Defense):
+class Wanda(TrustedRowsDefense):
     config_class = WandaConfig
-
-    def check_ready(self, context: DefenseContext) -> None:
-        trusted_subset(self.config, context)
 
     def after_training(self, model, context: DefenseContext):
         if hasattr(model, "merge_and_unload"):  # peft: fold the adapters into the weights that get pruned
