@@ -40,7 +40,7 @@ class BadChain(Attack):
 
     def _poison_output(self, example: Example) -> Example:
         target = self.config.target_output
-        if target is None or target.kind != "answer_scale":
+        if getattr(target, "kind", None) != "answer_scale":
             raise ValueError("badchain poisons math solutions: task.name math, target_output.kind answer_scale")
         true_answer, new_answer = extract_answer(example.target), target.attacker_answer(example.target)
         if true_answer is None:
