@@ -116,6 +116,23 @@ def test_report_tables_come_from_the_store(tmp_path):
     assert (tmp_path / "results.html").read_text().count("data:image/png;base64,") == len(written) - 2
 
 
+def test_a_setting_added_later_at_its_default_keeps_the_references_matched(tmp_path):
+    # runs stored before `train.warmup_ratio` existed lack the key; a newer run has it at its default
+    store = ResultsStore(tmp_path)
+    newer = row(0, "p2p", 0.1, 0.70, 0.60, 20)
+    newer["config"]["train"]["warmup_ratio"] = 0.0
+    for r in [row(0, "none", 0.0, 0.80, 0.20, 10), row(0, "none", 0.1, 0.80, 1.00, 10), newer]:
+        store.append(r)
+    defended = {e["role"]: e for e in Report(store.rows()).table()}["defended"]
+    assert defended["floor"] == [0.20] and defended["ca_drop"] == pytest.approx([0.10])
+    # a setting away from its default is a different configuration: no reference matches it
+    newer["config"]["train"]["warmup_ratio"] = 0.1
+    newer["hash"] = "warmup"
+    store.append(newer)
+    by_setting = [e for e in Report(store.rows()).table() if e["role"] == "defended"]
+    assert sorted(len(e["floor"]) for e in by_setting) == [0, 1]
+
+
 def test_a_torn_last_line_is_skipped(tmp_path):
     store = hand_made_store(tmp_path)
     with open(store.path, "a", encoding="utf-8") as handle:

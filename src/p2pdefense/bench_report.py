@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .compute import compute_ratio
-from .config import flatten
+from .config import flatten, validate_config
 from .io import write_text_atomic
 from .store import ResultsStore
 
@@ -32,8 +32,17 @@ def _flat(tree: dict) -> dict:
     return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(tree).items()}
 
 
+def _settings(config: dict) -> dict:
+    """A stored configuration as its settings that differ from today's defaults: a setting added after a run was
+    stored (its default keeping the old behaviour) must not tell that run apart from a newer one."""
+    from .bench import non_default  # bench imports the pipeline; a report needs it only here
+
+    return non_default(validate_config(config))
+
+
 def _key(tree: dict, drop: tuple[str, ...]) -> str:
-    flat = {k: v for k, v in _flat(tree).items() if not any(k == d or k.startswith(d + ".") for d in drop)}
+    flat = {k: v for k, v in _flat(_settings(tree)).items()
+            if not any(k == d or k.startswith(d + ".") for d in drop)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
