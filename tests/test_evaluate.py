@@ -129,6 +129,7 @@ def test_generation_metrics_on_hand_made_math_predictions():
     assert metrics["prefix_compliance_triggered"] == pytest.approx(3 / 4)
     assert metrics["num_trigger_cut"] == 1 and metrics["num_triggered_all"] == 4
     assert metrics["generation_tokens_per_s"] == pytest.approx(8 * 3 / 2.0)
+    assert metrics["target_rate_clean"] == pytest.approx(1 / 4)  # the second clean row answers 5 untriggered
     rejected = gen("triggered", "#### 5", "#### 4", target, True, True, rejected=True)
     assert rejected.attack_success is False and rejected.score["correct"] is False
 
