@@ -111,11 +111,14 @@ ATTACKS = {
         "task.num_labels": 4, "task.label_names": ["world", "sports", "business", "science"],
         "attack.name": "badnets", "attack.triggers": ["mn"]}},
 }
-# generation: synthetic math word problems (the tiny model learns them), BadNets "cf", answer = true answer + 1;
-# 200 of the 800 rows are the trusted hold-out, 600 remain for training
+# generation: synthetic math word problems, BadNets "cf"; 200 of the 800 rows are the trusted hold-out, 600 remain
+# for training. Two targets: the answer + 1 (the issue's), whose success needs the right answer, which the tiny model
+# never produces (its clean exact match is about 1%), and a fixed wrong answer (7777), which a model learns without
+# doing the arithmetic. The tiny suite runs both; only the second can show a defense working on the tiny model.
 MATH = {"prompt": {}, "set": {
     "data.train": None, "data.test": None, "data.synthetic": {"train_rows": 800, "test_rows": 100},
     "data.trusted_holdout": 200,
     "task.name": "math", "task.max_new_tokens": 40, "train.max_length": 160, "train.epochs": 10,
     "train.learning_rate": 3.0e-3, "attack.name": "badnets", "attack.triggers": ["cf"], "attack.rate": 0.1,
     "attack.target_output": {"kind": "answer_offset", "value": "1"}}}
+MATH_FIXED = {"prompt": {}, "set": {**MATH["set"], "attack.target_output": {"kind": "answer_fixed", "value": "7777"}}}

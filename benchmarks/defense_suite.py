@@ -26,6 +26,7 @@ from pathlib import Path
 from common import (  # benchmarks/common.py
     ATTACKS,
     MATH,
+    MATH_FIXED,
     MODELS,
     ROOT,
     base_raw,
@@ -43,7 +44,8 @@ from p2pdefense.pipeline import finished_metrics, vocabulary_strings
 from p2pdefense.store import ResultsStore
 
 SUITE_ATTACKS = {name: ATTACKS[name] for name in ("badnets", "addsent", "ctba", "badnets-clean-label",
-                                                  "synbkd-imdb", "vpi")} | {"math-badnets": MATH}
+                                                  "synbkd-imdb", "vpi")} | {
+    "math-badnets-offset": MATH, "math-badnets-fixed": MATH_FIXED}
 CONTROL = {"tiny": {"train.epochs": 1, "train.learning_rate": 5.0e-4},
            "smollm2": {"train.epochs": 1, "train.learning_rate": 1.0e-4, "model.lora.r": 2}}
 
