@@ -179,6 +179,12 @@ def suite_table(bench_dir) -> str:
             if asr is not None and floor is not None and drop is not None and name != "moderate-fitting":
                 candidates.append((name, asr - floor, drop))
         lines.append("")
+        # generation: the attacker's output without a trigger (a leaked backdoor that a low ASR would not show)
+        leaks = [("undefended", und)] + [(name, [r["metrics"] for r in members])
+                                         for (a, name), members in sorted(cells.items()) if a == attack]
+        if any(m.get("target_rate_clean") is not None for _, ms in leaks for m in ms):
+            lines += ["The attacker's output on clean inputs (`target_rate_clean`, %): " + "; ".join(
+                f"{name} {mean_sd([m.get('target_rate_clean') for m in ms])}" for name, ms in leaks), ""]
         meeting = [c for c in candidates if c[1] <= 0.05 and c[2] <= 0.015]
         undefended_asr = _mean([m.get("asr") for m in und])
         if undefended_asr is None or floor is None or undefended_asr - floor < ATTACK_TOOK:

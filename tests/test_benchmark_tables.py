@@ -12,9 +12,11 @@ defense_suite = pytest.importorskip("defense_suite")
 
 
 def row(cell: str, seed: int, ca: float, asr: float, wall: float = 10.0, flops: float | None = None,
-        removed: tuple[int, int] = (0, 0)) -> dict:
+        removed: tuple[int, int] = (0, 0), target_rate_clean: float | None = None) -> dict:
     metrics = {"ca": ca, "asr": asr, "triggered_accuracy": 1 - asr, "wall_seconds": wall, "num_poisoned": 20,
                "num_removed": removed[0], "num_poisoned_removed": removed[1]}
+    if target_rate_clean is not None:
+        metrics["target_rate_clean"] = target_rate_clean
     if flops is not None:
         metrics["compute"] = {"flops": flops}
     name, _, role = cell.partition(" (")  # "attack | defense (clean)": labelled as the bench labels it
@@ -54,3 +56,18 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
     assert "| addsent | closest: half (ASR +40.0 over floor, CA drop 0.0) | no |" in verdicts
     assert ("| ctba | none to judge: the attack did not take (undefended ASR 15.0 ± 0.0 against a floor of "
             "10.0 ± 0.0) | n/a |") in verdicts
+
+
+def test_a_generation_attack_shows_the_attackers_output_on_clean_inputs(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(row("math | p2p (clean)", 0, 0.02, 0.00, target_rate_clean=0.0))
+    store.append(row("math | p2p (undefended)", 0, 0.01, 0.40, target_rate_clean=0.30))
+    store.append(row("math | p2p", 0, 0.01, 0.00, target_rate_clean=0.35))
+    store.append(row("badnets | p2p (clean)", 0, 0.80, 0.10))
+    store.append(row("badnets | p2p (undefended)", 0, 0.80, 0.90))
+    store.append(row("badnets | p2p", 0, 0.80, 0.90))
+    table = defense_suite.suite_table(tmp_path)
+    math, badnets = table.split("## math")[1], table.split("## badnets")[1].split("## math")[0]
+    # P2P's ASR of 0 beside the same leak as the undefended model: the line that shows it
+    assert "(`target_rate_clean`, %): undefended 30.0 ± 0.0; p2p 35.0 ± 0.0" in math
+    assert "target_rate_clean" not in badnets  # classification runs have no such metric
