@@ -162,8 +162,10 @@ def suite_table(bench_dir) -> str:
                     if (ratio := compute_ratio(r["metrics"], u)) is not None:
                         computes.append(ratio)
             rejected = [m.get("rejection_rate_clean") for m in ms]
-            rejections = (f"{mean_sd(rejected)} / {mean_sd([m.get('rejection_rate_triggered') for m in ms])}"
-                          if any(rejected) else "")
+            rejected_triggered = [m.get("rejection_rate_triggered") for m in ms]
+            # shown for a defense that rejected anything (a detector that rejected no clean input shows 0.0 there)
+            rejections = (f"{mean_sd(rejected)} / {mean_sd(rejected_triggered)}"
+                          if any(rejected) or any(rejected_triggered) else "")
             # what a filter removed, joined after the fact (from counts: runs before removal_precision have them)
             removed = [m for m in ms if m.get("num_removed")]
             removals = (f"{mean_sd([m['num_poisoned_removed'] / m['num_removed'] for m in removed])} / "

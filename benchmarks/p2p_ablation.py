@@ -11,6 +11,7 @@ Parts (each crossed with the attacks and seeds; every cell has its clean and und
   source    trusted rows (50, 100, 200, 500 of a clean hold-out), ranked by each blind scorer, reject mode
   knobs     P2P's ratio 0.1 / 0.4, repeat 5, a shared cue, a longer and more salient benign trigger
   key       the SmolLM2 cells: blind draw, 0 poisoned rows, best blind (ranked by the base model), trusted 200
+            (folded and with out-of-space answers rejected)
 The bench is resumable (finished cells are skipped, interrupted ones continue from their checkpoints). It writes
 benchmarks/results/p2p-ablation-<model>/: results.md / .html and plots (`p2p report`), and ablation.md: per
 attack, every cell's CA, ASR, floor, triggered accuracy, poisoned rows in the subset and the scorer's AUROC.
@@ -85,6 +86,8 @@ def defense_cells(part: str, attack: dict, reference: str) -> dict[str, dict]:
                                                            "defense.scorer": scorer("reference_agreement", prompt)}
             cells[f"{name} trusted 200"] = {**base, "defense.subset": "trusted", "defense.trusted_data": "holdout",
                                             "defense.trusted_rows": 200}
+        # an answer in the original label space under the benign prompt is a detected trigger (issue 9's signature)
+        cells["p2p trusted 200, reject"] = {**cells["p2p trusted 200"], "defense.out_of_space": "reject"}
     if part == "knobs":
         for ratio in (0.1, 0.4):
             cells[f"p2p ratio {ratio}"] = {"defense.name": "p2p", "defense.ratio": ratio}
@@ -223,11 +226,13 @@ def ablation_table(bench_dir: Path) -> str:
             poisoned_in_s = [m.get("num_poisoned_in_benign_subset") for m in ms]
             aurocs = [m.get("suspicion_auroc") for m in ms if m.get("suspicion_auroc") is not None]
             rejected = [m.get("rejection_rate_clean") for m in ms]
+            rejected_triggered = [m.get("rejection_rate_triggered") for m in ms]
+            rejections = (f"{mean_sd(rejected)} / {mean_sd(rejected_triggered)}"
+                          if any(rejected) or any(rejected_triggered) else "")
             lines.append(
                 f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
                 f"{mean_sd([m.get('triggered_accuracy') for m in ms])} | "
-                f"{mean_sd(rejected) if any(rejected) else ''}"
-                f"{' / ' + mean_sd([m.get('rejection_rate_triggered') for m in ms]) if any(rejected) else ''} | "
+                f"{rejections} | "
                 f"{statistics.fmean(poisoned_in_s):.1f} | "
                 f"{f'{statistics.fmean(aurocs):.3f}' if aurocs else ''} |")
         lines.append("")

@@ -71,3 +71,25 @@ def test_a_generation_attack_shows_the_attackers_output_on_clean_inputs(tmp_path
     # P2P's ASR of 0 beside the same leak as the undefended model: the line that shows it
     assert "(`target_rate_clean`, %): undefended 30.0 ± 0.0; p2p 35.0 ± 0.0" in math
     assert "target_rate_clean" not in badnets  # classification runs have no such metric
+
+
+def test_the_ablation_table_shows_rejections_even_with_no_clean_input_rejected(tmp_path):
+    p2p_ablation = pytest.importorskip("p2p_ablation")
+
+    def ablation_row(cell, defense, rate, metrics):
+        config = {"seed": 0, "attack": {"name": "badnets", "rate": rate}, "defense": {"name": defense}}
+        return {"hash": cell, "cell": cell, "run_dir": cell, "config": config, "metrics": metrics}
+
+    store = ResultsStore(tmp_path)
+    store.append(ablation_row("badnets | p2p trusted 200, seed=0 (clean)", "none", 0.0, {"ca": 0.9, "asr": 0.1}))
+    store.append(ablation_row("badnets | p2p trusted 200, seed=0 (undefended)", "none", 0.2, {"ca": 0.9, "asr": 1.0}))
+    common = {"ca": 0.9, "num_poisoned_in_benign_subset": 0, "rejection_rate_clean": 0.0}
+    store.append(ablation_row("badnets | p2p trusted 200, reject, seed=0", "p2p", 0.2,
+                              {**common, "asr": 0.17, "triggered_accuracy": 0.13, "rejection_rate_triggered": 0.785}))
+    store.append(ablation_row("badnets | p2p trusted 200, seed=0", "p2p", 0.2,
+                              {**common, "asr": 0.94, "triggered_accuracy": 0.52, "rejection_rate_triggered": 0.0}))
+    table = p2p_ablation.ablation_table(tmp_path)
+    assert ("| p2p trusted 200, reject | 1 | 90.0 ± 0.0 | 17.0 ± 0.0 | 13.0 ± 0.0 | 0.0 ± 0.0 / 78.5 ± 0.0 | 0.0 |"
+            in table)
+    assert "| p2p trusted 200 | 1 | 90.0 ± 0.0 | 94.0 ± 0.0 | 52.0 ± 0.0 |  | 0.0 |" in table  # rejected nothing
+    assert "| clean | 1 | 90.0 ± 0.0 | 10.0 ± 0.0 |" in table
