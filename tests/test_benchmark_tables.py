@@ -43,6 +43,10 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
         store.append(row("ctba | p2p (clean)", seed, 0.80, 0.10))
         store.append(row("ctba | p2p (undefended)", seed, 0.80, 0.15))  # 5 points over the floor: no attack
         store.append(row("ctba | p2p", seed, 0.80, 0.10))
+        # took on seed 0 only (0.10 -> 0.70): a mean of 0.40 over the floor, but nothing to judge
+        store.append(row("vpi | p2p (clean)", seed, 0.80, 0.10))
+        store.append(row("vpi | p2p (undefended)", seed, 0.80, [0.70, 0.10][seed]))
+        store.append(row("vpi | p2p", seed, 0.80, 0.10))
     table = defense_suite.suite_table(tmp_path)
     assert ("| undefended | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 | 5.0 ± 7.1 | | | | 1.0 | 1.0 |" in table)
     # removed 20 rows each seed, 10 and 15 of them poisoned (of 20): precision = recall = 62.5 ± 17.7
@@ -54,8 +58,9 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
     assert "costly" not in verdicts
     # none meets it for addsent: the closest defense with a CA drop of at most 1.5 points
     assert "| addsent | closest: half (ASR +40.0 over floor, CA drop 0.0) | no |" in verdicts
-    assert ("| ctba | none to judge: the attack did not take (undefended ASR 15.0 ± 0.0 against a floor of "
-            "10.0 ± 0.0) | n/a |") in verdicts
+    assert ("| ctba | none to judge: the attack took on 0 of 2 seeds (undefended ASR 15.0 ± 0.0 against a floor "
+            "of 10.0 ± 0.0) | n/a |") in verdicts
+    assert "| vpi | none to judge: the attack took on 1 of 2 seeds (undefended ASR 40.0 ± 42.4" in verdicts
 
 
 def test_a_generation_attack_shows_the_attackers_output_on_clean_inputs(tmp_path):
