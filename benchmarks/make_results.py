@@ -25,15 +25,20 @@ STORES = {
                         "p2p bench benchmarks/grids/smollm2-strong2.yaml --only seed=0"),
     "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 BadNets 5%",
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks badnets "
-                          "--parts poisoned source"),
+                          "--parts poisoned source; the same with --parts key --cells 'p2p trusted 200, reject'"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
-                             "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'"),
-    "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (BKI on CTBA: seeds 0-2)",
+                             "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
+                             "the same with --seeds 0 1 2 --cells 'p2p trusted 200, reject'"),
+    "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (some cells: seeds 0-2)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
                            "crow-200 wanda strip-1% strip-5% moderate-fitting [cleangen]; "
-                           "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks ctba --defenses bki"),
+                           "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks ctba --defenses bki "
+                           "(and badnets bki, vpi strip-1%); python benchmarks/defense_suite.py --model tiny "
+                           "--seeds 0 1 2 --attacks math-badnets-fixed --defenses p2p bki spectral "
+                           "activation-clustering cube abl dpoe cleangen; python benchmarks/defense_suite.py "
+                           "--model tiny --seeds 0 --attacks synbkd-imdb --defenses DEFENSE (one at a time)"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
