@@ -40,9 +40,9 @@ def _settings(config: dict) -> dict:
     return non_default(validate_config(config))
 
 
-def _key(tree: dict, drop: tuple[str, ...]) -> str:
-    flat = {k: v for k, v in _flat(_settings(tree)).items()
-            if not any(k == d or k.startswith(d + ".") for d in drop)}
+def _key(settings: dict, drop: tuple[str, ...]) -> str:
+    """A hash of flat `settings` (see _settings) without the `drop` sections."""
+    flat = {k: v for k, v in settings.items() if not any(k == d or k.startswith(d + ".") for d in drop)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -90,12 +90,15 @@ class Report:
         self.varying = [k for k in keys if k not in IGNORED_KEYS and len({json.dumps(f[k], default=str)
                                                                            for f in flats if k in f}) > 1]
         # matches: the same configuration without the defense (-> undefended) and without poison (-> clean)
-        self.undefended = {_key(r["config"], ("defense",)): r for r in rows if role(r["config"]) == "undefended"}
-        self.clean = {_key(r["config"], ("defense", "attack.rate")): r for r in rows
-                      if role(r["config"]) == "clean"}
+        self._flat_settings = {r["hash"]: _flat(_settings(r["config"])) for r in rows}
+        self.undefended = {self._key(r, ("defense",)): r for r in rows if role(r["config"]) == "undefended"}
+        self.clean = {self._key(r, ("defense", "attack.rate")): r for r in rows if role(r["config"]) == "clean"}
         self.settings: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
-            self.settings[_key(r["config"], ("seed",))].append(r)
+            self.settings[self._key(r, ("seed",))].append(r)
+
+    def _key(self, row: dict, drop: tuple[str, ...]) -> str:
+        return _key(self._flat_settings[row["hash"]], drop)
 
     def label(self, row: dict) -> str:
         """The grid cell's name without its seed (bench rows), else the varying keys that the row has."""
@@ -110,9 +113,8 @@ class Report:
         return text.replace("\n", "\\n").replace("|", "\\|")
 
     def references(self, row: dict) -> tuple[dict | None, dict | None]:
-        config = row["config"]
-        return self.undefended.get(_key(config, ("defense",))), self.clean.get(_key(config, ("defense",
-                                                                                             "attack.rate")))
+        return self.undefended.get(self._key(row, ("defense",))), self.clean.get(self._key(row, ("defense",
+                                                                                                "attack.rate")))
 
     def table(self) -> list[dict]:
         out = []
