@@ -61,6 +61,14 @@ def cell_raw(model: str, attack: dict, overrides: dict) -> dict:
     return raw
 
 
+def rejections(metrics: list[dict]) -> str:
+    """'clean / triggered' rejection rates (mean ± sd, %) for runs that rejected anything, else '' (a detector that
+    rejected no clean input still shows its 0.0 beside the triggered rate)."""
+    clean = [m.get("rejection_rate_clean") for m in metrics]
+    triggered = [m.get("rejection_rate_triggered") for m in metrics]
+    return f"{mean_sd(clean)} / {mean_sd(triggered)}" if any(clean) or any(triggered) else ""
+
+
 def mean_sd(values: list) -> str:
     """'mean ± sample sd' in percent over the values that exist ('n/a' for none; sd 0.0 for one)."""
     values = [v for v in values if v is not None]
@@ -114,7 +122,7 @@ ATTACKS = {
 # generation: synthetic math word problems, BadNets "cf"; 200 of the 800 rows are the trusted hold-out, 600 remain
 # for training. Two targets: the answer + 1 (the issue's), whose success needs the right answer, which the tiny model
 # never produces (its clean exact match is about 1%), and a fixed wrong answer (7777), which a model learns without
-# doing the arithmetic. The tiny suite runs both; only the second can show a defense working on the tiny model.
+# doing the arithmetic. The tiny suite runs both (measured: the first never took, the second on 1 of 3 seeds).
 MATH = {"prompt": {}, "set": {
     "data.train": None, "data.test": None, "data.synthetic": {"train_rows": 800, "test_rows": 100},
     "data.trusted_holdout": 200,

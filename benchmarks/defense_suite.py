@@ -33,6 +33,7 @@ from common import (  # benchmarks/common.py
     cell_raw,
     mean_sd,
     pinned_vocabulary,
+    rejections,
     run_bench,
 )
 
@@ -162,11 +163,6 @@ def suite_table(bench_dir) -> str:
                     costs.append(r["metrics"].get("wall_seconds", 0) / max(u.get("wall_seconds") or 1e-9, 1e-9))
                     if (ratio := compute_ratio(r["metrics"], u)) is not None:
                         computes.append(ratio)
-            rejected = [m.get("rejection_rate_clean") for m in ms]
-            rejected_triggered = [m.get("rejection_rate_triggered") for m in ms]
-            # shown for a defense that rejected anything (a detector that rejected no clean input shows 0.0 there)
-            rejections = (f"{mean_sd(rejected)} / {mean_sd(rejected_triggered)}"
-                          if any(rejected) or any(rejected_triggered) else "")
             # what a filter removed, joined after the fact (from counts: runs before removal_precision have them)
             removed = [m for m in ms if m.get("num_removed")]
             removals = (f"{mean_sd([m['num_poisoned_removed'] / m['num_removed'] for m in removed])} / "
@@ -175,7 +171,7 @@ def suite_table(bench_dir) -> str:
             asr, drop = _mean([m.get("asr") for m in ms]), _mean(drops)
             lines.append(
                 f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
-                f"{mean_sd(floor_values)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections}"
+                f"{mean_sd(floor_values)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections(ms)}"
                 f" | {removals} | {'' if drop is None else f'{100 * drop:.1f}'} | "
                 f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "
                 f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")
@@ -191,8 +187,8 @@ def suite_table(bench_dir) -> str:
         meeting = [c for c in candidates if c[1] <= 0.05 and c[2] <= 0.015]
         seeds = sorted(seed for (a, k, seed) in refs if a == attack and k == "undefended"
                        and (attack, "clean", seed) in refs)
-        gaps = [refs[(attack, "undefended", s)].get("asr") - refs[(attack, "clean", s)].get("asr") for s in seeds]
-        took = sum(gap >= ATTACK_TOOK for gap in gaps)
+        pairs = [(refs[(attack, "undefended", s)].get("asr"), refs[(attack, "clean", s)].get("asr")) for s in seeds]
+        took = sum(u is not None and c is not None and u - c >= ATTACK_TOOK for u, c in pairs)
         if not seeds or took < len(seeds):
             verdicts.append(f"| {attack} | none to judge: the attack took on {took} of {len(seeds)} seeds "
                             f"(undefended ASR {mean_sd([m.get('asr') for m in und])} against a floor of "

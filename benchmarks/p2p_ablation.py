@@ -36,6 +36,7 @@ from common import (  # benchmarks/common.py
     cell_raw,
     mean_sd,
     pinned_vocabulary,
+    rejections,
     run_bench,
 )
 
@@ -225,14 +226,10 @@ def ablation_table(bench_dir: Path) -> str:
             ms = [r["metrics"] for r in members]
             poisoned_in_s = [m.get("num_poisoned_in_benign_subset") for m in ms]
             aurocs = [m.get("suspicion_auroc") for m in ms if m.get("suspicion_auroc") is not None]
-            rejected = [m.get("rejection_rate_clean") for m in ms]
-            rejected_triggered = [m.get("rejection_rate_triggered") for m in ms]
-            rejections = (f"{mean_sd(rejected)} / {mean_sd(rejected_triggered)}"
-                          if any(rejected) or any(rejected_triggered) else "")
             lines.append(
                 f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
                 f"{mean_sd([m.get('triggered_accuracy') for m in ms])} | "
-                f"{rejections} | "
+                f"{rejections(ms)} | "
                 f"{statistics.fmean(poisoned_in_s):.1f} | "
                 f"{f'{statistics.fmean(aurocs):.3f}' if aurocs else ''} |")
         lines.append("")
