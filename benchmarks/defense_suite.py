@@ -114,6 +114,11 @@ def _mean(values: list) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _judged(name: str, gap: float, drop: float, seeds: int) -> str:
+    return (f"{name} (ASR {100 * gap:+.1f} over floor, CA drop {100 * drop:.1f}, "
+            f"{seeds} seed{'s' if seeds != 1 else ''})")
+
+
 def suite_table(bench_dir) -> str:
     rows = ResultsStore(bench_dir).rows()
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -133,7 +138,7 @@ def suite_table(bench_dir) -> str:
         else:
             cells[(attack, name)].append(r)
     lines = ["# Defense suite", "",
-             "Mean ± sd over seeds. floor: the clean model's ASR. compute: estimated FLOPs of every model the run "
+             "Mean ± sd over seeds. floor: the clean model's ASR on the seeds of the row. compute: estimated FLOPs of every model the run "
              "used (p2pdefense/compute.py; blank for runs that predate the count); removed: the share of a filter's "
              "removed rows that were poisoned, and of the poison it removed; wall: wall time (noisy: runs "
              "shared two CPU cores with other work); both against the undefended run of the same seed. A rejected "
@@ -146,7 +151,6 @@ def suite_table(bench_dir) -> str:
                   "wall (x) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         und = [m for (a, k, _), m in refs.items() if a == attack and k == "undefended"]
         floor_values = [m.get("asr") for (a, k, _), m in refs.items() if a == attack and k == "clean"]
-        floor = _mean(floor_values)
         lines.append(f"| undefended | {len(und)} | {mean_sd([m['ca'] for m in und])} | "
                      f"{mean_sd([m.get('asr') for m in und])} | {mean_sd(floor_values)} | "
                      f"{mean_sd([m.get('triggered_accuracy') for m in und])} | | | | 1.0 | 1.0 |")
@@ -155,8 +159,13 @@ def suite_table(bench_dir) -> str:
             if a != attack:
                 continue
             ms = [r["metrics"] for r in members]
-            drops, costs, computes = [], [], []
+            drops, gaps, floors, costs, computes = [], [], [], [], []
             for r in members:
+                clean = refs.get((attack, "clean", r["config"]["seed"]))
+                if clean is not None and clean.get("asr") is not None:
+                    floors.append(clean["asr"])
+                    if r["metrics"].get("asr") is not None:
+                        gaps.append(r["metrics"]["asr"] - clean["asr"])
                 u = refs.get((attack, "undefended", r["config"]["seed"]))
                 if u is not None:
                     drops.append(u["ca"] - r["metrics"]["ca"])
@@ -168,15 +177,17 @@ def suite_table(bench_dir) -> str:
             removals = (f"{mean_sd([m['num_poisoned_removed'] / m['num_removed'] for m in removed])} / "
                         f"{mean_sd([m['num_poisoned_removed'] / m['num_poisoned'] for m in removed])}"
                         if removed else "")
-            asr, drop = _mean([m.get("asr") for m in ms]), _mean(drops)
+            # gap and drop pair each seed with its own references: a defense run on seed 0 only is not
+            # compared with a floor averaged over seeds it never ran
+            gap, drop = _mean(gaps), _mean(drops)
             lines.append(
                 f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
-                f"{mean_sd(floor_values)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections(ms)}"
+                f"{mean_sd(floors)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections(ms)}"
                 f" | {removals} | {'' if drop is None else f'{100 * drop:.1f}'} | "
                 f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "
                 f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")
-            if asr is not None and floor is not None and drop is not None and name != "moderate-fitting":
-                candidates.append((name, asr - floor, drop))
+            if gap is not None and drop is not None and name != "moderate-fitting":
+                candidates.append((name, gap, drop, len(gaps)))
         lines.append("")
         # generation: the attacker's output without a trigger (a leaked backdoor that a low ASR would not show)
         leaks = [("undefended", und)] + [(name, [r["metrics"] for r in members])
@@ -194,14 +205,13 @@ def suite_table(bench_dir) -> str:
                             f"(undefended ASR {mean_sd([m.get('asr') for m in und])} against a floor of "
                             f"{mean_sd(floor_values)}) | n/a |")
         elif meeting:
-            verdicts.append(f"| {attack} | " + ", ".join(f"{n} (ASR {100 * g:+.1f} over floor, CA drop "
-                                                           f"{100 * d:.1f})" for n, g, d in meeting) + " | yes |")
+            verdicts.append(f"| {attack} | " + ", ".join(_judged(*c) for c in meeting) + " | yes |")
         elif candidates:
             kept = [c for c in candidates if c[2] <= 0.015] or candidates
-            n, g, d = min(kept, key=lambda c: c[1])
-            verdicts.append(f"| {attack} | closest: {n} (ASR {100 * g:+.1f} over floor, CA drop {100 * d:.1f}) | no |")
+            verdicts.append(f"| {attack} | closest: {_judged(*min(kept, key=lambda c: c[1]))} | no |")
     lines += ["## Which defense for which threat", "",
-              "Goal: ASR within 5 points of the clean floor with a CA drop of at most 1.5 points (means over seeds). "
+              "Goal: ASR within 5 points of the clean floor with a CA drop of at most 1.5 points (means over the "
+              "defense's seeds, each seed against its own clean and undefended runs). "
               f"An attack whose undefended ASR is less than {100 * ATTACK_TOOK:.0f} points above the floor of the "
               "same seed on any seed has nothing to judge.",
               "", "| attack | defenses meeting the goal (else the closest with CA drop <= 1.5) | goal met |",

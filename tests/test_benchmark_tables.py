@@ -54,13 +54,25 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
             "3.00 | 3.00 |") in table
     assert "| costly | 2 | 70.0 ± 0.0 | 15.0 ± 7.1 |" in table
     verdicts = table.split("## Which defense for which threat")[1]
-    assert "| badnets | good (ASR +4.0 over floor, CA drop 1.0) | yes |" in verdicts
+    assert "| badnets | good (ASR +4.0 over floor, CA drop 1.0, 2 seeds) | yes |" in verdicts
     assert "costly" not in verdicts
     # none meets it for addsent: the closest defense with a CA drop of at most 1.5 points
-    assert "| addsent | closest: half (ASR +40.0 over floor, CA drop 0.0) | no |" in verdicts
+    assert "| addsent | closest: half (ASR +40.0 over floor, CA drop 0.0, 2 seeds) | no |" in verdicts
     assert ("| ctba | none to judge: the attack took on 0 of 2 seeds (undefended ASR 15.0 ± 0.0 against a floor "
             "of 10.0 ± 0.0) | n/a |") in verdicts
     assert "| vpi | none to judge: the attack took on 1 of 2 seeds (undefended ASR 40.0 ± 42.4" in verdicts
+
+
+def test_a_defense_run_on_fewer_seeds_is_judged_against_the_floor_of_its_own_seeds(tmp_path):
+    store = ResultsStore(tmp_path)
+    for seed, floor in enumerate([0.10, 0.30]):
+        store.append(row("badnets | p2p (clean)", seed, 0.80, floor))
+        store.append(row("badnets | p2p (undefended)", seed, 0.80, 1.00))
+    # run on seed 1 only: 3 points over that seed's floor (13 over the mean floor of both seeds)
+    store.append(row("badnets | one-seed", 1, 0.80, 0.33))
+    table = defense_suite.suite_table(tmp_path)
+    assert "| one-seed | 1 | 80.0 ± 0.0 | 33.0 ± 0.0 | 30.0 ± 0.0 |" in table
+    assert "| badnets | one-seed (ASR +3.0 over floor, CA drop 0.0, 1 seed) | yes |" in table
 
 
 def test_a_generation_attack_shows_the_attackers_output_on_clean_inputs(tmp_path):
