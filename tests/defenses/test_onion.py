@@ -45,3 +45,26 @@ def test_onion_removes_an_inserted_rare_word_and_keeps_clean_inputs(fluent_refer
     assert kept_words > 0.9
     assert onion.threshold is not None and "ONION threshold" in context.notes[0]
     assert build_defense(OnionConfig(threshold=1.0), 2).state() == {"threshold": 1.0}
+
+
+def test_onion_scores_each_distinct_text_once_across_threshold_and_repeated_evaluations(fluent_reference,
+                                                                                        monkeypatch):
+    import p2pdefense.defenses.onion as onion_module
+
+    model, tokenizer = fluent_reference
+    scored: list[str] = []
+
+    def counting_perplexities(model, tokenizer, texts, batch_size, device):
+        scored.extend(texts)
+        return perplexities(model, tokenizer, texts, batch_size, device)
+
+    monkeypatch.setattr(onion_module, "perplexities", counting_perplexities)
+    dev = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
+           for i, t in enumerate(ex.text for ex in synthetic_sentiment(20, seed=8))]
+    context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=32)
+    onion = build_defense(OnionConfig(clean_word_removal_rate=0.02), 2)
+    first = onion.at_inference(dev, context)  # the threshold and the first epoch's dev evaluation
+    again = onion.at_inference(dev, context)  # a later epoch
+    distinct = {ex.text for ex in dev}
+    assert len(scored) == sum(len(t.split()) + 1 for t in distinct)
+    assert [ex.text for ex in again] == [ex.text for ex in first]

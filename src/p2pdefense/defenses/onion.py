@@ -55,7 +55,9 @@ class Onion(Defense):
     def __init__(self, config: OnionConfig, num_labels: int):
         super().__init__(config, num_labels)
         self.threshold = config.threshold
-        self.filtered: dict[str, str] = {}
+        # text -> its words' suspicions: the reference is fixed, so each distinct text is scored once (dev texts
+        # serve both the threshold and the dev evaluation of every epoch)
+        self.suspicions: dict[str, list[float]] = {}
 
     def check_ready(self, context: DefenseContext) -> None:
         context.check_reference(self.config.reference)
@@ -69,17 +71,21 @@ class Onion(Defense):
         self.threshold = state["threshold"]
 
     def word_suspicions(self, texts: list[str], context: DefenseContext) -> list[list[float]]:
-        """For each text, p0 - p_i of each of its words."""
-        model, tokenizer = context.reference(self.config.reference)
-        variants, spans = [], []
-        for text in texts:
-            words = text.split()
-            start = len(variants)
-            variants.append(text)
-            variants += [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))] if len(words) > 1 else []
-            spans.append((start, len(variants)))
-        scores = perplexities(model, tokenizer, variants, context.batch_size, context.device)
-        return [[scores[start] - p for p in scores[start + 1:end]] for start, end in spans]
+        """For each text, p0 - p_i of each of its words (computed once per distinct text)."""
+        todo = sorted(set(texts) - set(self.suspicions))
+        if todo:
+            model, tokenizer = context.reference(self.config.reference)
+            variants, spans = [], []
+            for text in todo:
+                words = text.split()
+                start = len(variants)
+                variants.append(text)
+                variants += [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))] if len(words) > 1 else []
+                spans.append((start, len(variants)))
+            scores = perplexities(model, tokenizer, variants, context.batch_size, context.device)
+            for text, (start, end) in zip(todo, spans, strict=True):
+                self.suspicions[text] = [scores[start] - p for p in scores[start + 1:end]]
+        return [self.suspicions[text] for text in texts]
 
     def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:
         if self.threshold is None:
@@ -89,9 +95,13 @@ class Onion(Defense):
                                             len(dev_scores) - 1)]
             context.notes.append(f"ONION threshold {self.threshold:.3f} (perplexity drop; {len(dev_scores)} clean "
                                  f"dev words, {self.config.clean_word_removal_rate:.0%} above it)")
-        todo = sorted({ex.text for ex in inputs} - set(self.filtered))
-        for text, suspicions in zip(todo, self.word_suspicions(todo, context), strict=True):
-            words = text.split()
-            kept = [w for w, s in zip(words, suspicions, strict=True) if s <= self.threshold] if suspicions else words
-            self.filtered[text] = " ".join(kept) if kept else text
-        return [replace(ex, text=self.filtered[ex.text]) for ex in inputs]
+        return [replace(ex, text=self.filtered(ex.text, suspicions))
+                for ex, suspicions in zip(inputs, self.word_suspicions([ex.text for ex in inputs], context),
+                                          strict=True)]
+
+    def filtered(self, text: str, suspicions: list[float]) -> str:
+        """The text without its words whose suspicion is above the threshold (the text itself if none would stay)."""
+        if not suspicions:
+            return text
+        kept = [w for w, s in zip(text.split(), suspicions, strict=True) if s <= self.threshold]
+        return " ".join(kept) if kept else text
