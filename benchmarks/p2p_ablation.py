@@ -11,7 +11,7 @@ Parts (each crossed with the attacks and seeds; every cell has its clean and und
   source    trusted rows (50, 100, 200, 500 of a clean hold-out), ranked by each blind scorer, reject mode
   knobs     P2P's ratio 0.1 / 0.4, repeat 5, a shared cue, a longer and more salient benign trigger
   key       the SmolLM2 cells: blind draw, 0 poisoned rows, best blind (ranked by the base model), trusted 200
-            (folded and with out-of-space answers rejected)
+            (folded, with out-of-space answers rejected, and rejected with each trusted row repeated 5 times)
 The bench is resumable (finished cells are skipped, interrupted ones continue from their checkpoints). It writes
 benchmarks/results/p2p-ablation-<model>/: results.md / .html and plots (`p2p report`), and ablation.md: per
 attack, every cell's CA, ASR, floor, triggered accuracy, poisoned rows in the subset and the scorer's AUROC.
@@ -89,6 +89,8 @@ def defense_cells(part: str, attack: dict, reference: str) -> dict[str, dict]:
                                             "defense.trusted_rows": 200}
         # an answer in the original label space under the benign prompt is a detected trigger (issue 9's signature)
         cells["p2p trusted 200, reject"] = {**cells["p2p trusted 200"], "defense.out_of_space": "reject"}
+        # the same 200 rows, each 5 times (PDB's default), so that ~40% of the training rows carry the benign prompt
+        cells["p2p trusted 200, repeat 5, reject"] = {**cells["p2p trusted 200, reject"], "defense.repeat": 5}
     if part == "knobs":
         for ratio in (0.1, 0.4):
             cells[f"p2p ratio {ratio}"] = {"defense.name": "p2p", "defense.ratio": ratio}
