@@ -25,11 +25,15 @@ STORES = {
                         "p2p bench benchmarks/grids/smollm2-strong2.yaml --only seed=0"),
     "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 BadNets 5%",
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks badnets "
-                          "--parts poisoned source; the same with --parts key --cells 'p2p trusted 200, reject'"),
+                          "--parts poisoned source knobs; the same with --parts key --cells 'p2p trusted 200, reject'; "
+                          "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 --attacks topics4-badnets "
+                          "--parts key"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
-                             "the same with --seeds 0 1 2 --cells 'p2p trusted 200, reject'"),
+                             "the same with --seeds 0 1 2 --cells 'p2p trusted 200, reject' "
+                             "'p2p trusted 200, repeat 5, reject'; the same with --seeds 0 1 --attacks addsent ctba "
+                             "badnets-clean-label --cells 'p2p trusted 200, reject'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (some cells: seeds 0-2)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
@@ -38,7 +42,8 @@ STORES = {
                            "(and badnets bki, vpi strip-1%); python benchmarks/defense_suite.py --model tiny "
                            "--seeds 0 1 2 --attacks math-badnets-fixed --defenses p2p bki spectral "
                            "activation-clustering cube abl dpoe cleangen; python benchmarks/defense_suite.py "
-                           "--model tiny --seeds 0 --attacks synbkd-imdb --defenses DEFENSE (one at a time)"),
+                           "--model tiny --seeds 0 --attacks synbkd-imdb --defenses DEFENSE (one at a time); "
+                           "the same with --attacks badnets-clean-label --defenses onion"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
