@@ -25,7 +25,10 @@ STORES = {
                         "p2p bench benchmarks/grids/smollm2-strong2.yaml --only seed=0"),
     "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 BadNets 5%",
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks badnets "
-                          "--parts poisoned source knobs; the same with --parts key --cells 'p2p trusted 200, reject'; "
+                          "--parts poisoned source knobs; the same with --parts key --cells 'p2p trusted 200, reject' "
+                          "'repeat 5, reject'; "
+                          "the same with --seeds 3 4 --parts poisoned knobs, and with --seeds 3 4 --parts key --cells "
+                          "'random (blind)' 'trusted 200' 'given, 0 poisoned'; "
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 --attacks topics4-badnets "
                           "--parts key"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
@@ -33,17 +36,23 @@ STORES = {
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
                              "the same with --seeds 0 1 2 --cells 'p2p trusted 200, reject' "
                              "'p2p trusted 200, repeat 5, reject'; the same with --seeds 0 1 --attacks addsent ctba "
-                             "badnets-clean-label --cells 'p2p trusted 200, reject'"),
+                             "badnets-clean-label --cells 'p2p trusted 200, reject'; the same with --attacks addsent "
+                             "badnets-clean-label --cells 'p2p trusted 200, repeat 5, reject'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (some cells: seeds 0-2)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
                            "crow-200 wanda strip-1% strip-5% moderate-fitting [cleangen]; "
                            "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks ctba --defenses bki "
-                           "(and badnets bki, vpi strip-1%); python benchmarks/defense_suite.py --model tiny "
+                           "(and badnets bki, badnets-clean-label bki, vpi strip-1%); "
+                           "python benchmarks/defense_suite.py --model tiny "
                            "--seeds 0 1 2 --attacks math-badnets-fixed --defenses p2p bki spectral "
                            "activation-clustering cube abl dpoe cleangen; python benchmarks/defense_suite.py "
                            "--model tiny --seeds 0 --attacks synbkd-imdb --defenses DEFENSE (one at a time); "
                            "the same with --attacks badnets-clean-label --defenses onion"),
+    "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
+                              "from the SmolLM2 ablation's store)",
+                              "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
+                              "--attacks badnets-clean-label --defenses onion"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
