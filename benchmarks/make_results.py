@@ -28,7 +28,8 @@ STORES = {
                           "--parts poisoned source knobs; the same with --parts key --cells 'p2p trusted 200, reject' "
                           "'repeat 5, reject'; "
                           "the same with --seeds 3 4 --parts poisoned knobs, and with --seeds 3 4 --parts key --cells "
-                          "'random (blind)' 'trusted 200' 'given, 0 poisoned'; "
+                          "'random (blind)' 'trusted 200' 'given, 0 poisoned', and with --seeds 3 4 --parts source "
+                          "--cells 'trusted 50' 'trusted 100' 'trusted 500'; "
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 --attacks topics4-badnets "
                           "--parts key"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
