@@ -29,7 +29,8 @@ STORES = {
                           "'repeat 5, reject'; "
                           "the same with --seeds 3 4 --parts poisoned knobs, and with --seeds 3 4 --parts key --cells "
                           "'random (blind)' 'trusted 200' 'given, 0 poisoned', and with --seeds 3 4 --parts source "
-                          "--cells 'trusted 50' 'trusted 100' 'trusted 500'; "
+                          "--cells 'trusted 50' 'trusted 100' 'trusted 500' 'ranked representation' "
+                          "'ranked training_dynamics'; "
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 --attacks topics4-badnets "
                           "--parts key"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
