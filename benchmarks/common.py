@@ -28,14 +28,17 @@ def pinned_vocabulary(strings: set[str]) -> list[str]:
 
 def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: str, table) -> int:
     """List (dry run) or run the cells, then write the bench report and the script's own table."""
-    from p2pdefense.bench import run_cells
+    from p2pdefense.bench import cell_finished, run_cells
     from p2pdefense.bench_report import write_report
     from p2pdefense.io import write_text_atomic
+    from p2pdefense.store import ResultsStore
 
     print(f"{len(cells)} cells (with references) in {bench_dir}")
     if dry_run:
+        store = ResultsStore(bench_dir)
         for cell in cells:
-            print(f"  {cell.hash}  {cell.label}")
+            status = "done" if cell_finished(cell, bench_dir, store) else "to run"
+            print(f"  {cell.hash}  {status:6}  {cell.label}")
         return 0
     failed = run_cells(cells, bench_dir, workers)
     write_report([bench_dir])

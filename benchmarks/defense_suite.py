@@ -220,17 +220,24 @@ def suite_table(bench_dir) -> str:
 
 
 def reuse_runs(cells, sources: list[Path], bench_dir: Path) -> int:
-    """Copy finished runs of exactly a cell's configuration (same hash) from other bench directories."""
+    """Copy finished runs of exactly a cell's configuration from other bench directories: the run directory
+    where it exists, else the source store's row (run directories are not committed)."""
+    target_store = ResultsStore(bench_dir)
+    source_stores = [ResultsStore(source) for source in sources]
     copied = 0
     for cell in cells:
         target = bench_dir / "runs" / cell.hash
-        if target.exists():
+        if target.exists() or target_store.finished_row(cell.config) is not None:
             continue
-        for source in sources:
+        for source, store in zip(sources, source_stores, strict=True):
             if finished_metrics(source / "runs" / cell.hash, cell.config) is not None:
                 shutil.copytree(source / "runs" / cell.hash, target)
-                copied += 1
-                break
+            elif (row := store.finished_row(cell.config)) is not None:
+                target_store.append({**row, "cell": cell.label})
+            else:
+                continue
+            copied += 1
+            break
     return copied
 
 

@@ -1,6 +1,7 @@
 """`p2p bench` grids and `p2p report` tables/plots (issue: grids that resume, one results store)."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -174,6 +175,19 @@ def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
     assert (tmp_path / "bench" / "results.md").exists() and (tmp_path / "bench" / "heatmap-asr.png").exists()
     table = (tmp_path / "bench" / "results.md").read_text()
     assert "| base (clean) | 2 |" in table and "| base (undefended) | 2 |" in table and "| base: p2p | 2 |" in table
+
+    # a fresh clone has the committed store but no run directories: its rows are the finished runs
+    shutil.rmtree(runs)
+    fresh = runner.invoke(app, ["bench", str(grid_path), "--dry-run"])
+    assert fresh.exit_code == 0 and fresh.output.count("done") == 6 and "to run" not in fresh.output
+    resumed = runner.invoke(app, ["bench", str(grid_path)])
+    assert resumed.exit_code == 0 and ran == [] and not runs.exists()
+    # a row under a cell's hash whose settings differ from the cell's (edited by hand) is not its run
+    rows = store.rows()
+    rows[0]["config"]["train"]["epochs"] = 7
+    store.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    edited = runner.invoke(app, ["bench", str(grid_path), "--dry-run"])
+    assert edited.exit_code == 0 and edited.output.count("to run") == 1 and edited.output.count("done") == 5
 
 
 def test_workers_run_cells_in_parallel_processes(tmp_path):

@@ -110,3 +110,22 @@ def test_the_ablation_table_shows_rejections_even_with_no_clean_input_rejected(t
             in table)
     assert "| p2p trusted 200 | 1 | 90.0 ± 0.0 | 94.0 ± 0.0 | 52.0 ± 0.0 |  | 0.0 |" in table  # rejected nothing
     assert "| clean | 1 | 90.0 ± 0.0 | 10.0 ± 0.0 |" in table
+
+
+def test_the_suite_reuses_committed_rows_of_the_same_configuration(tmp_path):
+    from p2pdefense.bench import GridSpec, expand
+
+    base = {"data": {"synthetic": {"train_rows": 40, "test_rows": 10}},
+            "attack": {"name": "badnets", "rate": 0.1, "triggers": ["mn"]}, "defense": {"name": "none"},
+            "model": {"preset": "tiny"}, "train": {"epochs": 1}}
+    source, target = tmp_path / "ablation", tmp_path / "suite"
+    cells = expand(GridSpec(name="s", base=base, axes={"seed": [0, 1]}, baselines=False), tmp_path, target)
+    stored = cells[0]
+    ResultsStore(source).append({"hash": stored.hash, "cell": "old label", "run_dir": stored.hash,
+                                 "config": stored.config.model_dump(mode="json", exclude={"output_dir", "name"}),
+                                 "metrics": {"ca": 0.5, "asr": 0.5}})
+    # no run directory anywhere (as in a fresh clone): the source store's row is copied, under this cell's label
+    assert defense_suite.reuse_runs(cells, [source], target) == 1
+    rows = ResultsStore(target).rows()
+    assert [(r["hash"], r["cell"], r["metrics"]["ca"]) for r in rows] == [(stored.hash, stored.label, 0.5)]
+    assert defense_suite.reuse_runs(cells, [source], target) == 0  # already there: nothing copied twice

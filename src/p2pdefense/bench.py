@@ -224,6 +224,12 @@ def estimate_seconds(cell: Cell, store: ResultsStore) -> float | None:
     return sum(times) / len(times) if times else None
 
 
+def cell_finished(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
+    """A finished run of the cell's configuration: its run directory, or its row in the (committed) store."""
+    return (finished_metrics(bench_dir / "runs" / cell.hash, cell.config) is not None
+            or store.finished_row(cell.config) is not None)
+
+
 def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str | None = None) -> list[str]:
     """Run every unfinished cell (continuing from checkpoints); returns the hashes that failed."""
     from rich.progress import (
@@ -239,9 +245,9 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
     store.record_labels({c.hash: c.label for c in cells})
     if migrate_run_dirs(cells, bench_dir):
         store.rebuild()  # its rows still name the old hashes
-    todo = [c for c in cells if finished_metrics(bench_dir / "runs" / c.hash, c.config) is None]
+    todo = [c for c in cells if not cell_finished(c, bench_dir, store)]
     for c in cells:  # finished runs whose row was lost: back into the store
-        if c not in todo:
+        if c not in todo and (bench_dir / "runs" / c.hash).exists():
             store.ensure(bench_dir / "runs" / c.hash)
     failed: list[str] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

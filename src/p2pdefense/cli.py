@@ -190,8 +190,7 @@ def bench(
     rebuild_store: Annotated[bool, typer.Option(help="recreate results.jsonl from the run directories")] = False,
 ) -> None:
     """Run a grid of configurations; finished cells are skipped, interrupted ones resume from checkpoints."""
-    from .bench import estimate_seconds, expand, load_grid, run_cells, select
-    from .pipeline import finished_metrics
+    from .bench import cell_finished, estimate_seconds, expand, load_grid, run_cells, select
     from .store import ResultsStore
 
     try:
@@ -211,7 +210,7 @@ def bench(
             table.add_column(column)
         total = 0.0
         for cell in cells:
-            done = finished_metrics(bench_dir / "runs" / cell.hash, cell.config) is not None
+            done = cell_finished(cell, bench_dir, store)
             estimate = None if done else estimate_seconds(cell, store)
             total += estimate or 0.0
             table.add_row(cell.hash, cell.label, "done" if done else "to run",

@@ -202,7 +202,7 @@ class RunExists(FileExistsError):
     """The run directory (or an interrupted run's checkpoints) exists and the caller did not say what to do."""
 
 
-def _comparable(config: RunConfig) -> dict:
+def comparable_config(config: RunConfig) -> dict:
     """The configuration without where it is written: two runs with equal dumps compute the same thing."""
     return config.model_dump(mode="json", exclude={"output_dir", "name"})
 
@@ -214,7 +214,7 @@ def finished_metrics(run_dir: Path, config: RunConfig) -> dict | None:
     if not (run_dir / "metrics.json").exists() or not (run_dir / "config.yaml").exists():
         return None
     try:
-        if _comparable(load_config(run_dir / "config.yaml")) != _comparable(config):
+        if comparable_config(load_config(run_dir / "config.yaml")) != comparable_config(config):
             return None
     except ValueError:
         return None
@@ -240,7 +240,7 @@ def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resu
         if not resume:
             raise RunExists(f"an interrupted run left checkpoints in {checkpoints}: pass --resume to continue it, "
                             "or --overwrite to start again")
-        before, now = _comparable(load_config(saved)), _comparable(config)
+        before, now = comparable_config(load_config(saved)), comparable_config(config)
         if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise RunExists(f"--resume: the checkpoints in {checkpoints} belong to another configuration "
@@ -329,7 +329,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
 
     if config.train.log_with:  # e.g. tensorboard: OUTPUT_DIR/trackers/RUN_NAME
         scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v)  # trackers take scalars
-                   for k, v in flatten(_comparable(config)).items()}
+                   for k, v in flatten(comparable_config(config)).items()}
         accelerator.init_trackers(final_dir.name, config=scalars)
     if accelerator.is_main_process:
         write_text_atomic(checkpoints / "config.yaml", to_yaml(config))

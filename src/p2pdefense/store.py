@@ -4,7 +4,9 @@ JSONL rather than SQLite: rows are appended by one writer per process (the bench
 at most the line being written (a torn last line is skipped on read), shards on other machines write their
 own `results.shard-I-of-K.jsonl` and merging is concatenation (rows are keyed by the run's configuration hash),
 and the committed stores diff line by line in git. The store is derived data: `rebuild` recreates it from the
-run directories (`runs/<hash>/config.yaml`, `metrics.json`, `train_log.jsonl`).
+run directories (`runs/<hash>/config.yaml`, `metrics.json`, `train_log.jsonl`). Run directories are not
+committed, so a committed row alone counts as a finished run of its configuration (`finished_row`): a fresh clone
+resumes a benchmark instead of repeating it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ResultsStore:
         suffix = "" if not shard else ".shard-" + shard.replace("/", "-of-")
         self.path = self.bench_dir / f"results{suffix}.jsonl"
         self._hashes: set[str] | None = None
+        self._rows: dict[str, dict] | None = None  # by hash, read once for finished_row
 
     def files(self) -> list[Path]:
         return sorted(self.bench_dir.glob("results*.jsonl"))
@@ -57,6 +60,23 @@ class ResultsStore:
                 rows[row["hash"]] = row
         return list(rows.values())
 
+    def finished_row(self, config) -> dict | None:
+        """The row of a finished run of exactly this configuration (same hash and same settings), else None."""
+        from .bench import config_hash
+        from .config import ConfigError, validate_config
+        from .pipeline import comparable_config
+
+        if self._rows is None:
+            self._rows = {r["hash"]: r for r in self.rows()}
+        row = self._rows.get(config_hash(config))
+        if row is None or "metrics" not in row:
+            return None
+        try:  # validating fills settings added since the row was written with their defaults
+            stored = validate_config(dict(row["config"]), f"{self.path}: row {row['hash']}")
+        except ConfigError:
+            return None
+        return row if comparable_config(stored) == comparable_config(config) else None
+
     def append(self, row: dict) -> None:
         self.bench_dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -65,6 +85,8 @@ class ResultsStore:
             os.fsync(handle.fileno())
         if self._hashes is not None:
             self._hashes.add(row["hash"])
+        if self._rows is not None:
+            self._rows[row["hash"]] = row
 
     def record_labels(self, labels: dict[str, str]) -> None:
         """Remember each cell's label by hash (cells.json), so that a rebuilt store keeps them."""
