@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from pathlib import Path
 
@@ -26,8 +27,36 @@ def pinned_vocabulary(strings: set[str]) -> list[str]:
     return PINNED_VOCABULARY
 
 
-def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: str, table) -> int:
-    """List (dry run) or run the cells, then write the bench report and the script's own table."""
+def reuse_runs(cells, sources: list[Path], bench_dir: Path) -> int:
+    """Copy finished runs of exactly a cell's configuration from other bench directories: the run directory
+    where it exists, else the source store's row (run directories are not committed)."""
+    from p2pdefense.pipeline import finished_metrics
+    from p2pdefense.store import ResultsStore
+
+    target_store = ResultsStore(bench_dir)
+    source_stores = [ResultsStore(source) for source in sources]
+    copied = 0
+    for cell in cells:
+        target = bench_dir / "runs" / cell.hash
+        if target.exists() or target_store.finished_row(cell.config) is not None:
+            continue
+        for source, store in zip(sources, source_stores, strict=True):
+            if finished_metrics(source / "runs" / cell.hash, cell.config) is not None:
+                shutil.copytree(source / "runs" / cell.hash, target)
+            elif (row := store.finished_row(cell.config)) is not None:
+                target_store.append({**row, "cell": cell.label})
+            else:
+                continue
+            copied += 1
+            break
+    return copied
+
+
+def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: str, table,
+              reuse: list[Path] = ()) -> int:
+    """List (dry run) or run the cells, then write the bench report and the script's own table. Finished runs
+    of the same configurations in the `reuse` bench directories are copied in first (the two benchmark scripts
+    share their clean, undefended and several defended runs)."""
     from p2pdefense.bench import cell_finished, run_cells
     from p2pdefense.bench_report import write_report
     from p2pdefense.io import write_text_atomic
@@ -36,10 +65,15 @@ def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: s
     print(f"{len(cells)} cells (with references) in {bench_dir}")
     if dry_run:
         store = ResultsStore(bench_dir)
+        sources = [(Path(d), ResultsStore(Path(d))) for d in reuse]
         for cell in cells:
-            status = "done" if cell_finished(cell, bench_dir, store) else "to run"
+            status = "done" if cell_finished(cell, bench_dir, store) else (
+                "reuse" if any(cell_finished(cell, d, s) for d, s in sources) else "to run")
             print(f"  {cell.hash}  {status:6}  {cell.label}")
         return 0
+    if reuse:
+        print(f"{reuse_runs(cells, [Path(d) for d in reuse], bench_dir)} finished runs copied from "
+              f"{', '.join(map(str, reuse))}")
     failed = run_cells(cells, bench_dir, workers)
     write_report([bench_dir])
     write_text_atomic(bench_dir / table_name, table(bench_dir))

@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from common import (  # benchmarks/common.py
     ATTACKS,
@@ -41,7 +39,7 @@ from p2pdefense.bench import GridSpec, NamedCell, expand
 from p2pdefense.compute import compute_ratio
 from p2pdefense.config import validate_config
 from p2pdefense.defenses import DEFENSES as REGISTRY
-from p2pdefense.pipeline import finished_metrics, vocabulary_strings
+from p2pdefense.pipeline import vocabulary_strings
 from p2pdefense.store import ResultsStore
 
 SUITE_ATTACKS = {name: ATTACKS[name] for name in ("badnets", "addsent", "ctba", "badnets-clean-label",
@@ -219,28 +217,6 @@ def suite_table(bench_dir) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reuse_runs(cells, sources: list[Path], bench_dir: Path) -> int:
-    """Copy finished runs of exactly a cell's configuration from other bench directories: the run directory
-    where it exists, else the source store's row (run directories are not committed)."""
-    target_store = ResultsStore(bench_dir)
-    source_stores = [ResultsStore(source) for source in sources]
-    copied = 0
-    for cell in cells:
-        target = bench_dir / "runs" / cell.hash
-        if target.exists() or target_store.finished_row(cell.config) is not None:
-            continue
-        for source, store in zip(sources, source_stores, strict=True):
-            if finished_metrics(source / "runs" / cell.hash, cell.config) is not None:
-                shutil.copytree(source / "runs" / cell.hash, target)
-            elif (row := store.finished_row(cell.config)) is not None:
-                target_store.append({**row, "cell": cell.label})
-            else:
-                continue
-            copied += 1
-            break
-    return copied
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
@@ -257,12 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     bench_dir = ROOT / "benchmarks" / "results" / f"defense-suite-{args.model}"
     cells = expand(build_spec(args.model, args.attacks, args.defenses, args.seeds, bench_dir), ROOT, bench_dir)
-    if not args.dry_run:
-        sources = args.reuse if args.reuse is not None else [
-            ROOT / "benchmarks" / "results" / f"p2p-ablation-{args.model}"]
-        print(f"{reuse_runs(cells, [Path(d) for d in sources], bench_dir)} finished runs copied from "
-              f"{', '.join(map(str, sources))}")
-    return run_bench(cells, bench_dir, args.workers, args.dry_run, "suite.md", suite_table)
+    reuse = args.reuse if args.reuse is not None else [ROOT / "benchmarks" / "results" / f"p2p-ablation-{args.model}"]
+    return run_bench(cells, bench_dir, args.workers, args.dry_run, "suite.md", suite_table, reuse)
 
 if __name__ == "__main__":
     sys.exit(main())

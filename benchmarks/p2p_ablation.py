@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     "references), e.g. 'ranked reference_agreement'")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--reuse", nargs="*", default=None,
+                        help="bench directories whose finished runs of the same configuration are copied in "
+                             "(default: the defense suite's of this model)")
     args = parser.parse_args(argv)
     import os
 
@@ -262,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = build_spec(model, parts, attacks, seeds, bench_dir, write_subsets=not args.dry_run)
     if args.cells:
         spec.cells = [c for c in spec.cells if any(part in c.name for part in args.cells)]
+    reuse = args.reuse if args.reuse is not None else [ROOT / "benchmarks" / "results" / f"defense-suite-{model}"]
     return run_bench(expand(spec, ROOT, bench_dir), bench_dir, args.workers, args.dry_run, "ablation.md",
-                     ablation_table)
+                     ablation_table, reuse)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ from p2pdefense.store import ResultsStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 defense_suite = pytest.importorskip("defense_suite")
+common = pytest.importorskip("common")
 
 
 def row(cell: str, seed: int, ca: float, asr: float, wall: float = 10.0, flops: float | None = None,
@@ -112,7 +113,7 @@ def test_the_ablation_table_shows_rejections_even_with_no_clean_input_rejected(t
     assert "| clean | 1 | 90.0 ± 0.0 | 10.0 ± 0.0 |" in table
 
 
-def test_the_suite_reuses_committed_rows_of_the_same_configuration(tmp_path):
+def test_the_benchmarks_reuse_committed_rows_of_the_same_configuration(tmp_path, capsys):
     from p2pdefense.bench import GridSpec, expand
 
     base = {"data": {"synthetic": {"train_rows": 40, "test_rows": 10}},
@@ -124,8 +125,11 @@ def test_the_suite_reuses_committed_rows_of_the_same_configuration(tmp_path):
     ResultsStore(source).append({"hash": stored.hash, "cell": "old label", "run_dir": stored.hash,
                                  "config": stored.config.model_dump(mode="json", exclude={"output_dir", "name"}),
                                  "metrics": {"ca": 0.5, "asr": 0.5}})
+    assert common.run_bench(cells, target, 1, True, "table.md", None, [source]) == 0  # a dry run copies nothing
+    listed = capsys.readouterr().out
+    assert f"{stored.hash}  reuse" in listed and f"{cells[1].hash}  to run" in listed and not target.exists()
     # no run directory anywhere (as in a fresh clone): the source store's row is copied, under this cell's label
-    assert defense_suite.reuse_runs(cells, [source], target) == 1
+    assert common.reuse_runs(cells, [source], target) == 1
     rows = ResultsStore(target).rows()
     assert [(r["hash"], r["cell"], r["metrics"]["ca"]) for r in rows] == [(stored.hash, stored.label, 0.5)]
-    assert defense_suite.reuse_runs(cells, [source], target) == 0  # already there: nothing copied twice
+    assert common.reuse_runs(cells, [source], target) == 0  # already there: nothing copied twice
