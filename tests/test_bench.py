@@ -182,6 +182,8 @@ def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
     assert fresh.exit_code == 0 and fresh.output.count("done") == 6 and "to run" not in fresh.output
     resumed = runner.invoke(app, ["bench", str(grid_path)])
     assert resumed.exit_code == 0 and ran == [] and not runs.exists()
+    kept = runner.invoke(app, ["bench", str(grid_path), "--rebuild-store"])  # the rows are the only record now
+    assert kept.exit_code == 0 and len(store.rows()) == 6
     # a row under a cell's hash whose settings differ from the cell's (edited by hand) is not its run
     rows = store.rows()
     rows[0]["config"]["train"]["epochs"] = 7
@@ -199,3 +201,14 @@ def test_workers_run_cells_in_parallel_processes(tmp_path):
     rows = ResultsStore(tmp_path / "bench").rows()
     assert len(rows) == 3 and {r["metrics"]["seed"] for r in rows} == {3}
     assert len(list((tmp_path / "bench" / "logs").glob("*.log"))) == 3
+
+
+def test_rebuild_keeps_rows_without_a_run_directory_under_their_current_hash(tmp_path):
+    cell = expand(grid(axes={"seed": [0]}, baselines=False), tmp_path, tmp_path)[0]
+    dump = cell.config.model_dump(mode="json", exclude={"output_dir", "name"})
+    store = ResultsStore(tmp_path)
+    store.append({"hash": "stale-hash", "cell": "seed=0", "run_dir": "stale-hash", "config": dump,
+                  "metrics": {"ca": 0.5, "asr": 0.5}})  # written under an older hash rule, its directory gone
+    assert store.rebuild() == 1
+    assert [r["hash"] for r in ResultsStore(tmp_path).rows()] == [cell.hash]
+    assert ResultsStore(tmp_path).finished_row(cell.config)["metrics"]["ca"] == 0.5

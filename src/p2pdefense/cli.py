@@ -187,7 +187,8 @@ def bench(
     only: Annotated[list[str] | None, typer.Option(help="run only cells with KEY=VALUE (repeatable)")] = None,
     shard: Annotated[str | None, typer.Option(help="I/K: run a deterministic 1/K of the cells (job arrays)")] = None,
     workers: Annotated[int, typer.Option(help="cells run at once (one GPU each where there are several)")] = 1,
-    rebuild_store: Annotated[bool, typer.Option(help="recreate results.jsonl from the run directories")] = False,
+    rebuild_store: Annotated[bool, typer.Option(
+        help="recreate results.jsonl from the run directories (keeping the rows of runs not here)")] = False,
 ) -> None:
     """Run a grid of configurations; finished cells are skipped, interrupted ones resume from checkpoints."""
     from .bench import cell_finished, estimate_seconds, expand, load_grid, run_cells, select

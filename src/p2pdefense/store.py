@@ -3,10 +3,10 @@
 JSONL rather than SQLite: rows are appended by one writer per process (the bench loop), a killed bench loses
 at most the line being written (a torn last line is skipped on read), shards on other machines write their
 own `results.shard-I-of-K.jsonl` and merging is concatenation (rows are keyed by the run's configuration hash),
-and the committed stores diff line by line in git. The store is derived data: `rebuild` recreates it from the
-run directories (`runs/<hash>/config.yaml`, `metrics.json`, `train_log.jsonl`). Run directories are not
-committed, so a committed row alone counts as a finished run of its configuration (`finished_row`): a fresh clone
-resumes a benchmark instead of repeating it.
+and the committed stores diff line by line in git. `rebuild` recreates it from the run directories
+(`runs/<hash>/config.yaml`, `metrics.json`, `train_log.jsonl`). Run directories are not committed, so a committed
+row alone counts as a finished run of its configuration (`finished_row`: a fresh clone resumes a benchmark
+instead of repeating it) and `rebuild` keeps the rows whose run directory is not there.
 """
 
 from __future__ import annotations
@@ -109,11 +109,25 @@ class ResultsStore:
             self.append(row)
 
     def rebuild(self) -> int:
-        """Recreate results.jsonl from the run directories; returns the number of rows."""
-        labels = self.labels()
-        rows = [r for r in (row_from_run(d, labels.get(d.name)) for d in sorted((self.bench_dir / "runs").glob("*")))
-                if r is not None]
+        """Recreate results.jsonl from the run directories, keeping the rows of runs whose directory is not here
+        (a clone holds the committed rows only), each under its configuration's current hash; returns the
+        number of rows."""
+        from .bench import config_hash
+        from .config import ConfigError, validate_config
         from .io import write_jsonl_atomic
 
+        labels = self.labels()
+        runs = sorted((self.bench_dir / "runs").glob("*")) if (self.bench_dir / "runs").exists() else []
+        rows = [r for r in (row_from_run(d, labels.get(d.name)) for d in runs) if r is not None]
+        from_runs = {r["hash"] for r in rows}
+        for row in self.rows():
+            try:
+                current = config_hash(validate_config(dict(row["config"]), f"{self.path}: row {row['hash']}"))
+            except ConfigError:
+                current = row["hash"]
+            if current not in from_runs:
+                rows.append({**row, "hash": current})
+                from_runs.add(current)
         write_jsonl_atomic(self.bench_dir / "results.jsonl", rows)
+        self._hashes = self._rows = None
         return len(rows)
