@@ -23,7 +23,8 @@ STORES = {
                      "p2p bench benchmarks/grids/attack-suite.yaml"),
     "smollm2-strong2": ("SST-2, SmolLM2-135M + LoRA all-linear, 1,500 rows, 20% BadNets \"mn\", lr 1e-3",
                         "p2p bench benchmarks/grids/smollm2-strong2.yaml --only seed=0"),
-    "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 BadNets 5%",
+    "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 5% (BadNets; key cells on AddSent, "
+                          "CTBA, clean-label BadNets)",
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks badnets "
                           "--parts poisoned source knobs; the same with --parts key --cells 'p2p trusted 200, reject' "
                           "'repeat 5, reject'; "
@@ -32,20 +33,23 @@ STORES = {
                           "--cells 'trusted 50' 'trusted 100' 'trusted 500' 'ranked representation' "
                           "'ranked training_dynamics'; "
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 --attacks topics4-badnets "
-                          "--parts key"),
+                          "--parts key; python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks "
+                          "addsent ctba badnets-clean-label --parts key --cells 'random (blind)' 'trusted 200' "
+                          "'given, 0 poisoned'"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
                              "the same with --seeds 0 1 2 --cells 'p2p trusted 200, reject' "
                              "'p2p trusted 200, repeat 5, reject'; the same with --seeds 0 1 --attacks addsent ctba "
                              "badnets-clean-label --cells 'p2p trusted 200, reject'; the same with --attacks addsent "
-                             "badnets-clean-label --cells 'p2p trusted 200, repeat 5, reject'"),
+                             "badnets-clean-label ctba --cells 'p2p trusted 200, repeat 5, reject'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (some cells: seeds 0-2)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
                            "crow-200 wanda strip-1% strip-5% moderate-fitting [cleangen]; "
                            "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks ctba --defenses bki "
-                           "(and badnets bki, badnets-clean-label bki, vpi strip-1%); "
+                           "(and badnets bki, badnets-clean-label bki, vpi strip-1%; addsent p2p pdb-trusted-200 "
+                           "bki); "
                            "python benchmarks/defense_suite.py --model tiny "
                            "--seeds 0 1 2 --attacks math-badnets-fixed --defenses p2p bki spectral "
                            "activation-clustering cube abl dpoe cleangen; python benchmarks/defense_suite.py "
