@@ -63,19 +63,24 @@ class ResultsStore:
     def finished_row(self, config) -> dict | None:
         """The row of a finished run of exactly this configuration (same hash and same settings), else None."""
         from .bench import config_hash
-        from .config import ConfigError, validate_config
         from .pipeline import comparable_config
 
         if self._rows is None:
             self._rows = {r["hash"]: r for r in self.rows()}
         row = self._rows.get(config_hash(config))
-        if row is None or "metrics" not in row:
-            return None
-        try:  # validating fills settings added since the row was written with their defaults
-            stored = validate_config(dict(row["config"]), f"{self.path}: row {row['hash']}")
-        except ConfigError:
+        if row is None or "metrics" not in row or (stored := self._row_config(row)) is None:
             return None
         return row if comparable_config(stored) == comparable_config(config) else None
+
+    def _row_config(self, row: dict):
+        """The row's run configuration, validated (which fills settings added since it was written with their
+        defaults); None when it no longer validates."""
+        from .config import ConfigError, validate_config
+
+        try:
+            return validate_config(dict(row["config"]), f"{self.path}: row {row['hash']}")
+        except ConfigError:
+            return None
 
     def append(self, row: dict) -> None:
         self.bench_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +118,6 @@ class ResultsStore:
         (a clone holds the committed rows only), each under its configuration's current hash; returns the
         number of rows."""
         from .bench import config_hash
-        from .config import ConfigError, validate_config
         from .io import write_jsonl_atomic
 
         labels = self.labels()
@@ -121,10 +125,8 @@ class ResultsStore:
         rows = [r for r in (row_from_run(d, labels.get(d.name)) for d in runs) if r is not None]
         from_runs = {r["hash"] for r in rows}
         for row in self.rows():
-            try:
-                current = config_hash(validate_config(dict(row["config"]), f"{self.path}: row {row['hash']}"))
-            except ConfigError:
-                current = row["hash"]
+            config = self._row_config(row)
+            current = row["hash"] if config is None else config_hash(config)
             if current not in from_runs:
                 rows.append({**row, "hash": current})
                 from_runs.add(current)
