@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -50,6 +53,20 @@ def reuse_runs(cells, sources: list[Path], bench_dir: Path) -> int:
             copied += 1
             break
     return copied
+
+
+def add_run_options(parser: argparse.ArgumentParser, reuse_default: str) -> None:
+    """The options both benchmark scripts share: workers, dry run, and where finished runs are copied from."""
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--reuse", nargs="*", default=None,
+                        help="bench directories whose finished runs of the same configuration are copied in "
+                             f"(default: {reuse_default} of this model)")
+
+
+def enter_repository() -> None:
+    os.chdir(ROOT)  # data paths in the configurations are relative to the repository root
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: str, table,

@@ -15,8 +15,6 @@ triggered accuracy, rejection rates and the wall-time cost against the undefende
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import statistics
 import sys
 from collections import defaultdict
@@ -27,8 +25,10 @@ from common import (  # benchmarks/common.py
     MATH_FIXED,
     MODELS,
     ROOT,
+    add_run_options,
     base_raw,
     cell_raw,
+    enter_repository,
     mean_sd,
     pinned_vocabulary,
     rejections,
@@ -223,14 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--attacks", nargs="+", choices=sorted(SUITE_ATTACKS), default=sorted(SUITE_ATTACKS))
     parser.add_argument("--defenses", nargs="+", help="defense cell names (default: all)")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--reuse", nargs="*", default=None,
-                        help="bench directories whose finished runs of the same configuration are copied in "
-                             "(default: the P2P ablation's of this model)")
+    add_run_options(parser, "the P2P ablation's")
     args = parser.parse_args(argv)
-    os.chdir(ROOT)  # data paths in the configurations are relative to the repository root
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    enter_repository()
     bench_dir = ROOT / "benchmarks" / "results" / f"defense-suite-{args.model}"
     cells = expand(build_spec(args.model, args.attacks, args.defenses, args.seeds, bench_dir), ROOT, bench_dir)
     reuse = args.reuse if args.reuse is not None else [ROOT / "benchmarks" / "results" / f"p2p-ablation-{args.model}"]

@@ -20,7 +20,6 @@ attack, every cell's CA, ASR, floor, triggered accuracy, poisoned rows in the su
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 import statistics
 import sys
@@ -32,8 +31,10 @@ from common import (  # benchmarks/common.py
     MODELS,
     ROOT,
     SALIENT_TRIGGER,
+    add_run_options,
     base_raw,
     cell_raw,
+    enter_repository,
     mean_sd,
     pinned_vocabulary,
     rejections,
@@ -247,16 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: poisoned source knobs (tiny), key (smollm2)")
     parser.add_argument("--cells", nargs="+", help="only the cells whose name contains one of these (and their "
                                                     "references), e.g. 'ranked reference_agreement'")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--reuse", nargs="*", default=None,
-                        help="bench directories whose finished runs of the same configuration are copied in "
-                             "(default: the defense suite's of this model)")
+    add_run_options(parser, "the defense suite's")
     args = parser.parse_args(argv)
-    import os
-
-    os.chdir(ROOT)  # data paths in the configurations are relative to the repository root
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    enter_repository()
     model = args.model
     seeds = args.seeds or MODELS[model]["seeds"]
     parts = args.parts or (["poisoned", "source", "knobs"] if model == "tiny" else ["key"])
