@@ -42,8 +42,9 @@ STORES = {
                              "the same with --seeds 0 1 2 --cells 'p2p trusted 200, reject' "
                              "'p2p trusted 200, repeat 5, reject'; the same with --seeds 0 1 --attacks addsent ctba "
                              "badnets-clean-label --cells 'p2p trusted 200, reject'; the same with --attacks addsent "
-                             "badnets-clean-label ctba --cells 'p2p trusted 200, repeat 5, reject'"),
-    "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (some cells: seeds 0-2)",
+                             "badnets-clean-label ctba --cells 'p2p trusted 200, repeat 5, reject'; the same with "
+                             "--seeds 0 1 --attacks badnets --cells 'p2p given, 0 poisoned' 'p2p random (blind)'"),
+    "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (some cells and attacks: seeds 0-2)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
                            "crow-200 wanda strip-1% strip-5% moderate-fitting [cleangen]; "
@@ -54,7 +55,12 @@ STORES = {
                            "--seeds 0 1 2 --attacks math-badnets-fixed --defenses p2p bki spectral "
                            "activation-clustering cube abl dpoe cleangen; python benchmarks/defense_suite.py "
                            "--model tiny --seeds 0 --attacks synbkd-imdb --defenses DEFENSE (one at a time); "
-                           "the same with --attacks badnets-clean-label --defenses onion"),
+                           "the same with --attacks badnets-clean-label --defenses onion; "
+                           "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks "
+                           "badnets-clean-label synbkd-imdb --defenses p2p pdb pdb-trusted-200 spectral "
+                           "activation-clustering cube abl dpoe finetune-200 crow-200 wanda strip-1% strip-5% "
+                           "moderate-fitting; the same with --seeds 0 1 2 --attacks addsent badnets "
+                           "badnets-clean-label ctba --defenses pdb (copied from the ablation's runs)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
