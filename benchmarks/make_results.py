@@ -59,7 +59,8 @@ STORES = {
                            "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks "
                            "badnets-clean-label synbkd-imdb --defenses p2p pdb pdb-trusted-200 spectral "
                            "activation-clustering cube abl dpoe finetune-200 crow-200 wanda strip-1% strip-5% "
-                           "moderate-fitting (SynBkd: all but bki and moderate-fitting); the same with --seeds 0 1 2 --attacks addsent badnets "
+                           "moderate-fitting (SynBkd: all but bki and moderate-fitting); the same with --seeds 0 1 2 "
+                           "--attacks addsent badnets "
                            "badnets-clean-label ctba --defenses pdb (copied from the ablation's runs)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
