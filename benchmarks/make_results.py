@@ -43,7 +43,8 @@ STORES = {
                              "'p2p trusted 200, repeat 5, reject'; the same with --seeds 0 1 --attacks addsent ctba "
                              "badnets-clean-label --cells 'p2p trusted 200, reject'; the same with --attacks addsent "
                              "badnets-clean-label ctba --cells 'p2p trusted 200, repeat 5, reject'; the same with "
-                             "--seeds 0 1 --attacks badnets --cells 'p2p given, 0 poisoned' 'p2p random (blind)'"),
+                             "--seeds 0 1 --attacks badnets --cells 'p2p given, 0 poisoned' 'p2p random (blind)'; "
+                             "the same with --seeds 1 2 --attacks badnets --cells 'pdb trusted 200'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seed 0 (some cells and attacks: seeds 0-2)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
