@@ -62,7 +62,10 @@ STORES = {
                            "activation-clustering cube abl dpoe finetune-200 crow-200 wanda strip-1% strip-5% "
                            "moderate-fitting (SynBkd: all but bki and moderate-fitting); the same with --seeds 0 1 2 "
                            "--attacks addsent badnets "
-                           "badnets-clean-label ctba --defenses pdb (copied from the ablation's runs)"),
+                           "badnets-clean-label ctba --defenses pdb (copied from the ablation's runs); "
+                           "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks badnets ctba vpi "
+                           "addsent --defenses (the clean-label list) (stopped during VPI: VPI DPoE and the defenses "
+                           "after it, and AddSent's remaining cells, not reached)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
