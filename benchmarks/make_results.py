@@ -64,8 +64,7 @@ STORES = {
                            "--attacks addsent badnets "
                            "badnets-clean-label ctba --defenses pdb (copied from the ablation's runs); "
                            "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks badnets ctba vpi "
-                           "addsent --defenses (the clean-label list) (stopped during VPI: VPI DPoE and the defenses "
-                           "after it, and AddSent's remaining cells, not reached)"),
+                           "addsent --defenses (the clean-label list) (stopped before AddSent's remaining cells)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
