@@ -42,3 +42,15 @@ def test_malformed_override_and_yaml(tmp_path):
         load_config(write(tmp_path, "attack: [unclosed\n"))
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_switching_a_sections_kind_with_set_drops_the_files_keys_the_new_kind_lacks(tmp_path):
+    path = tmp_path / "p2p.yaml"
+    path.write_text("defense:\n  name: p2p\n  ratio: 0.3\n  benign_trigger: 'Q: '\n", encoding="utf-8")
+    assert load_config(path, ["defense.name=strip", "defense.copies=3"]).defense.copies == 3
+    assert load_config(path, ["defense.name=pdb"]).defense.ratio == 0.3  # a key both kinds have stays
+    with pytest.raises(ConfigError, match="defense.copies: unknown key"):  # the kind the file keeps: no drop
+        load_config(path, ["defense.name=p2p", "defense.copies=3"])
+    path.write_text("defense:\n  name: p2p\n  ratioo: 0.3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="defense.ratioo: unknown key"):  # a typo is still an error
+        load_config(path, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -13,6 +14,8 @@ from .defenses import DEFENSES
 from .models import ModelConfig
 from .tasks import TASK_CONFIGS, ClassificationConfig
 from .train import TrainConfig
+
+log = logging.getLogger(__name__)
 
 AttackSettings = Annotated[Union[tuple(cls.config_class for cls in ATTACKS.values())],  # noqa: UP007
                            Field(discriminator="name")]
@@ -151,6 +154,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+KINDS = {"attack": ATTACKS, "defense": DEFENSES}
+
+
+def drop_foreign_keys(raw: dict[str, Any], overrides: list[str]) -> list[str]:
+    """A --set that switches a section's kind (`defense.name=strip` on a P2P file) drops the file's keys of that
+    section that the new kind does not have (P2P's ratio), so that the switch works; keys both kinds have stay.
+    Returns what was dropped, as dotted keys."""
+    dropped = []
+    for override in overrides:
+        path, value = parse_override(override)
+        section = raw.get(path[0]) if len(path) == 2 and path[1] == "name" else None
+        if path[0] not in KINDS or not isinstance(section, dict) or value not in KINDS[path[0]]:
+            continue
+        known = KINDS[path[0]][value].config_class.model_fields
+        for key in [k for k in section if k not in known]:
+            dropped.append(f"{path[0]}.{key}")
+            del section[key]
+    return dropped
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     raw: dict[str, Any] = {}
     if path is not None:
@@ -160,6 +183,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"{path}: cannot read configuration: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the configuration must be a mapping of sections")
+        if dropped := drop_foreign_keys(raw, list(overrides)):
+            log.info("%s: %s not used by the kind --set chose", path, ", ".join(dropped))
     return validate_config(apply_overrides(raw, list(overrides)), str(path or "config"))
 
 

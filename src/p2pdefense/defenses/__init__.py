@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (modules register themselves)
     p2p,
     pdb,
     spectral,
+    stack,
     strip,
     wanda,
 )

@@ -43,6 +43,9 @@ class DefenseContext:
     train_config: Any = None
     """The run's training configuration and learning rate (for defenses that train: repair, probes)."""
     learning_rate: float | None = None
+    deployed_inputs: Callable[[list[Example]], list[Example]] | None = None
+    """The deployed defense's input rewrite when it is more than the asking one (a stack's), for detectors that
+    calibrate on dev rows as the test inputs arrive."""
     notes: list[str] = field(default_factory=list)
     """What the defense reports about its own work (written to metrics.json)."""
     diagnostics: dict[str, Any] = field(default_factory=dict)

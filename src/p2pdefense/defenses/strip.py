@@ -71,7 +71,8 @@ class Strip(Defense):
 
     def _calibrate(self, context: DefenseContext) -> None:
         self.pool = [ex.text for ex in context.dev]
-        dev = self.at_inference([replace(ex, label=None) for ex in context.dev], context)
+        dev = [replace(ex, label=None) for ex in context.dev]
+        dev = context.deployed_inputs(dev) if context.deployed_inputs else self.at_inference(dev, context)
         scores = sorted(self.entropies(dev, context, "calibration"))
         # reject below the score that `false_rejection_rate` of the clean dev inputs fall under
         self.threshold = scores[max(math.ceil(self.config.false_rejection_rate * len(scores)) - 1, 0)]
