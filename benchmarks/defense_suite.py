@@ -74,6 +74,10 @@ def defenses(model: str, prompt: dict) -> dict[str, dict]:
         "onion": {"defense.name": "onion", "defense.reference": reference},
         # generation only; the reference is the run's base model (for the tiny preset an untrained one)
         "cleangen": {"defense.name": "cleangen"},
+        # defense in depth: the filter, the repair and the detector of this list, one per stage
+        "bki+finetune-200+strip-1%": {"defense.name": "stack", "defense.defenses": [
+            {"name": "bki"}, {"name": "finetune", "trusted_data": "holdout", "trusted_rows": 200},
+            {"name": "strip", "false_rejection_rate": 0.01}]},
         # no defense, trained moderately: no defense should be credited for under-fitting
         "moderate-fitting": {"defense.name": "none", **CONTROL[model]},
     }
@@ -85,8 +89,9 @@ ATTACK_TOOK = 0.10
 
 
 def applies(overrides: dict, task: str) -> bool:
-    tasks = REGISTRY[overrides["defense.name"]].tasks
-    return tasks is None or task in tasks
+    """Whether the defense (every member of a stack) applies to the task."""
+    members = overrides.get("defense.defenses", [{"name": overrides["defense.name"]}])
+    return all(REGISTRY[m["name"]].tasks is None or task in REGISTRY[m["name"]].tasks for m in members)
 
 
 def build_spec(model: str, attacks: list[str], names: list[str] | None, seeds: list[int], bench_dir) -> GridSpec:

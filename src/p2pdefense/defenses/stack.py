@@ -88,15 +88,17 @@ class Stack(Defense):
         for member, member_state in zip(self.members, state["members"], strict=True):
             member.restore(member_state)
 
-    def filter_data(self, examples: list[Example], context: DefenseContext) -> list[Example]:
+    def _through(self, stage: str, value, context: DefenseContext):
+        """Each member's `stage` in turn, each given what the one before returned."""
         for member in self.members:
-            examples = member.filter_data(examples, context)
-        return examples
+            value = getattr(member, stage)(value, context)
+        return value
+
+    def filter_data(self, examples: list[Example], context: DefenseContext) -> list[Example]:
+        return self._through("filter_data", examples, context)
 
     def rewrite_training(self, examples: list[Example], context: DefenseContext) -> list[Example]:
-        for member in self.members:
-            examples = member.rewrite_training(examples, context)
-        return examples
+        return self._through("rewrite_training", examples, context)
 
     def _module_owner(self) -> Defense | None:
         return next((m for m in self.members if _overrides(type(m), "training_model")), None)
@@ -110,19 +112,13 @@ class Stack(Defense):
         return model if owner is None else owner.trained_model(model)
 
     def after_training(self, model, context: DefenseContext):
-        for member in self.members:
-            model = member.after_training(model, context)
-        return model
+        return self._through("after_training", model, context)
 
     def inference_model(self, model, context: DefenseContext):
-        for member in self.members:
-            model = member.inference_model(model, context)
-        return model
+        return self._through("inference_model", model, context)
 
     def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:
-        for member in self.members:
-            inputs = member.at_inference(inputs, context)
-        return inputs
+        return self._through("at_inference", inputs, context)
 
     def rejected(self, inputs: list[Example], outputs: list, context: DefenseContext) -> list[bool]:
         context.deployed_inputs = lambda rows: self.at_inference(rows, context)
