@@ -44,7 +44,8 @@ STORES = {
                              "badnets-clean-label --cells 'p2p trusted 200, reject'; the same with --attacks addsent "
                              "badnets-clean-label ctba --cells 'p2p trusted 200, repeat 5, reject'; the same with "
                              "--seeds 0 1 --attacks badnets --cells 'p2p given, 0 poisoned' 'p2p random (blind)'; "
-                             "the same with --seeds 1 2 --attacks badnets --cells 'pdb trusted 200'"),
+                             "the same with --seeds 1 2 --attacks badnets --cells 'pdb trusted 200'; the same "
+                             "with --seeds 2 --attacks badnets --cells 'p2p given, 0 poisoned in S'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
@@ -65,8 +66,10 @@ STORES = {
                            "badnets-clean-label ctba --defenses pdb (copied from the ablation's runs); "
                            "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks badnets ctba vpi "
                            "addsent --defenses p2p pdb pdb-trusted-200 bki spectral activation-clustering cube abl "
-                           "dpoe finetune-200 crow-200 wanda strip-1% strip-5% moderate-fitting (stopped before "
-                           "AddSent's remaining cells)"),
+                           "dpoe finetune-200 crow-200 wanda strip-1% strip-5% moderate-fitting (finished "
+                           "later with --attacks addsent and the defenses it lacked); "
+                           "python benchmarks/defense_suite.py --model tiny --seeds 0 1 2 --attacks badnets ctba "
+                           "badnets-clean-label addsent vpi --defenses 'bki+finetune-200+strip-1%'"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
