@@ -69,7 +69,8 @@ STORES = {
                            "dpoe finetune-200 crow-200 wanda strip-1% strip-5% moderate-fitting (finished "
                            "later with --attacks addsent and the defenses it lacked); "
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 1 2 --attacks badnets ctba "
-                           "badnets-clean-label addsent vpi --defenses 'bki+finetune-200+strip-1%'"),
+                           "badnets-clean-label addsent vpi --defenses 'bki+finetune-200+strip-1%'; the same with "
+                           "--attacks vpi synbkd-imdb --defenses pdb crow-200 moderate-fitting"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
