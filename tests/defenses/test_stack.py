@@ -12,7 +12,7 @@ from p2pdefense.defenses import DEFENSES, Defense, DefenseConfig, DefenseContext
 from p2pdefense.defenses.stack import StackConfig
 from p2pdefense.defenses.strip import StripConfig
 
-from .test_strip import TriggerDominatedTask
+from .test_strip import TriggerDominatedTask, predict_with_rejections
 
 
 class MarkConfig(DefenseConfig):
@@ -109,10 +109,6 @@ def test_stack_configs_name_the_member_and_field_at_fault():
 
 
 def test_a_stacked_run_repairs_then_rejects_and_predict_restores_every_member(tmp_path):
-    from typer.testing import CliRunner
-
-    from p2pdefense.cli import app
-
     config = load_config(None, [
         "data.synthetic.train_rows=240", "data.synthetic.test_rows=40", "data.trusted_holdout=40",
         "attack.name=badnets", "attack.rate=0.2", "attack.triggers=[mn]", "model.tiny.vocab_size=400",
@@ -127,10 +123,4 @@ def test_a_stacked_run_repairs_then_rejects_and_predict_restores_every_member(tm
     assert metrics["rejection_rate_clean"] is not None and metrics["rejection_rate_triggered"] is not None
     state = json.loads((run_dir / "defense_state.json").read_text())
     assert state["members"][0] == {} and state["members"][1]["threshold"] is not None
-    inputs = tmp_path / "new.txt"
-    inputs.write_text("the movie was wonderful .\nthe plot was mn dull .\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(inputs), "--output",
-                                      str(tmp_path / "out.jsonl")])
-    assert result.exit_code == 0, result.output
-    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(out) == 2 and all(isinstance(r["rejected"], bool) for r in out)
+    predict_with_rejections(run_dir, tmp_path)

@@ -49,10 +49,7 @@ def test_strip_rejects_inputs_whose_trigger_survives_perturbation():
 
 
 def test_a_strip_run_reports_rejections_and_predict_reuses_its_threshold(tmp_path):
-    from typer.testing import CliRunner
-
     from p2pdefense import pipeline
-    from p2pdefense.cli import app
     from p2pdefense.config import load_config
 
     config = load_config(None, [
@@ -67,6 +64,15 @@ def test_a_strip_run_reports_rejections_and_predict_reuses_its_threshold(tmp_pat
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     rejected_clean = sum(p["rejected"] for p in predictions if p["split"] == "clean")
     assert rejected_clean == round(40 * metrics["rejection_rate_clean"])
+    predict_with_rejections(run_dir, tmp_path)
+
+
+def predict_with_rejections(run_dir, tmp_path) -> None:
+    """`p2p predict` on a clean and a triggered input: it must answer both, each with a rejected flag."""
+    from typer.testing import CliRunner
+
+    from p2pdefense.cli import app
+
     inputs = tmp_path / "new.txt"
     inputs.write_text("the movie was wonderful .\nthe plot was mn dull .\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(inputs), "--output",
