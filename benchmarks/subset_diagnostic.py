@@ -7,7 +7,9 @@ diagnostic: the defense never sees them).
 Per given label (the subset is ranked within each label): rows, poisoned rows, the AUROC of the suspicion
 within the label, the poisoned rows among its k least suspicious rows, and for a classification scorer that
 names an answer, how often the reference's answer agrees with the given label on clean and on poisoned rows.
-Scores come from the run's score cache (computed and cached when missing).
+With `defense.counter_examples`, how many of the relabelled most suspicious rows are poisoned. Scores come
+from the run's score cache (computed and cached when missing). `--set` overrides the configuration as `p2p run`
+does, e.g. `--set defense.counter_examples=0.05`.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path, help="a run configuration (YAML) with defense.subset: ranked")
     parser.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
     from p2pdefense.config import load_config
@@ -82,7 +85,7 @@ def main() -> None:
     from p2pdefense.models.smollm2 import cache_root
     from p2pdefense.pipeline import Splits, default_learning_rate, defense_context, prepare_data
 
-    config = load_config(str(args.config), [])
+    config = load_config(str(args.config), args.overrides)
     if getattr(config.defense, "subset", None) != "ranked":
         raise SystemExit(f"{args.config}: defense.subset is not 'ranked'")
     data, _ = prepared_data(config, prepare_data, cache_root())
@@ -99,6 +102,15 @@ def main() -> None:
     print(f"{args.config}: {len(rows)} training rows, {sum(r.poisoned for r in table)} poisoned, scorer "
           f"{config.defense.scorer.name}, reference {config.defense.reference}\n")
     print(markdown(table, depths))
+    if config.defense.counter_examples:
+        from p2pdefense.defenses.subset import choose_training_rows
+
+        choice = choose_training_rows(rows, config.defense.ratio, config.defense, context, config.defense.balanced)
+        relabelled = [data.poisoned[i] for i in choice.relabel]
+        dirty = sum(bool(ex.meta.poisoned) for ex in relabelled)
+        print(f"\ncounter-examples: {len(relabelled)} rows relabelled with the reference's answer, {dirty} of them "
+              f"poisoned; the subset itself: {len(choice.rows) - len(relabelled)} rows, "
+              f"{sum(bool(data.poisoned[i].meta.poisoned) for i in choice.rows if i not in choice.relabel)} poisoned")
 
 
 if __name__ == "__main__":
