@@ -45,7 +45,10 @@ STORES = {
                              "badnets-clean-label ctba --cells 'p2p trusted 200, repeat 5, reject'; the same with "
                              "--seeds 0 1 --attacks badnets --cells 'p2p given, 0 poisoned' 'p2p random (blind)'; "
                              "the same with --seeds 1 2 --attacks badnets --cells 'pdb trusted 200'; the same "
-                             "with --seeds 2 --attacks badnets --cells 'p2p given, 0 poisoned in S'"),
+                             "with --seeds 2 --attacks badnets --cells 'p2p given, 0 poisoned in S'; the same "
+                             "with --seeds 0 1 --attacks badnets --cells 'ranked reference_agreement' (pdb seed 1 "
+                             "stopped); the same with --seeds 0 --attacks addsent badnets-clean-label --cells "
+                             "'pdb trusted 200'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
