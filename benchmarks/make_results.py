@@ -49,7 +49,8 @@ STORES = {
                              "with --seeds 2 --attacks badnets --cells 'p2p given, 0 poisoned in S'; the same "
                              "with --seeds 0 1 --attacks badnets --cells 'ranked reference_agreement' (pdb seed 1 "
                              "stopped); the same with --seeds 0 --attacks addsent badnets-clean-label --cells "
-                             "'pdb trusted 200'"),
+                             "'pdb trusted 200'; the same with --seeds 0 --attacks badnets --cells 'pdb given, 0' "
+                             "'pdb random'; the same with --seeds 1 --attacks badnets --cells 'pdb given, 0'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
@@ -65,7 +66,8 @@ STORES = {
                            "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks "
                            "badnets-clean-label synbkd-imdb --defenses p2p pdb pdb-trusted-200 spectral "
                            "activation-clustering cube abl dpoe finetune-200 crow-200 wanda strip-1% strip-5% "
-                           "moderate-fitting (SynBkd: all but bki and moderate-fitting); the same with --seeds 0 1 2 "
+                           "moderate-fitting (SynBkd: all but bki and moderate-fitting; SynBkd bki later, one seed "
+                           "at a time); the same with --seeds 0 1 2 "
                            "--attacks addsent badnets "
                            "badnets-clean-label ctba --defenses pdb (copied from the ablation's runs); "
                            "python benchmarks/defense_suite.py --model tiny --seeds 1 2 --attacks badnets ctba vpi "
@@ -74,7 +76,8 @@ STORES = {
                            "later with --attacks addsent and the defenses it lacked); "
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 1 2 --attacks badnets ctba "
                            "badnets-clean-label addsent vpi --defenses 'bki+finetune-200+strip-1%'; the same with "
-                           "--attacks vpi synbkd-imdb --defenses pdb crow-200 moderate-fitting"),
+                           "--attacks vpi synbkd-imdb --defenses pdb crow-200 moderate-fitting; the same "
+                           "with --seeds 0 --attacks synbkd-imdb --defenses 'bki+finetune-200+strip-1%'"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
