@@ -36,7 +36,9 @@ STORES = {
                           "--parts key; python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks "
                           "addsent ctba badnets-clean-label --parts key --cells 'random (blind)' 'trusted 200' "
                           "'given, 0 poisoned'; the same with --attacks synbkd-imdb --cells 'p2p given, 0' "
-                          "'p2p trusted 200' --reuse benchmarks/results/defense-suite-tiny"),
+                          "'p2p trusted 200' --reuse benchmarks/results/defense-suite-tiny; the same with "
+                          "--attacks vpi "
+                          "--cells 'random (blind)' 'trusted 200' 'given, 0 poisoned' (pdb given stopped for time)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
