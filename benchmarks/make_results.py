@@ -49,10 +49,11 @@ STORES = {
                              "--seeds 0 1 --attacks badnets --cells 'p2p given, 0 poisoned' 'p2p random (blind)'; "
                              "the same with --seeds 1 2 --attacks badnets --cells 'pdb trusted 200'; the same "
                              "with --seeds 2 --attacks badnets --cells 'p2p given, 0 poisoned in S'; the same "
-                             "with --seeds 0 1 --attacks badnets --cells 'ranked reference_agreement' (pdb seed 1 "
-                             "stopped); the same with --seeds 0 --attacks addsent badnets-clean-label --cells "
+                             "with --seeds 0 1 --attacks badnets --cells 'ranked reference_agreement'; the same "
+                             "with --seeds 0 --attacks addsent badnets-clean-label --cells "
                              "'pdb trusted 200'; the same with --seeds 0 --attacks badnets --cells 'pdb given, 0' "
-                             "'pdb random'; the same with --seeds 1 --attacks badnets --cells 'pdb given, 0'"),
+                             "'pdb random'; the same with --seeds 1 --attacks badnets --cells 'pdb given, 0' (then "
+                             "'pdb ranked', then 'pdb random'); the same with --seeds 2 --cells 'pdb given, 0'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
@@ -79,7 +80,10 @@ STORES = {
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 1 2 --attacks badnets ctba "
                            "badnets-clean-label addsent vpi --defenses 'bki+finetune-200+strip-1%'; the same with "
                            "--attacks vpi synbkd-imdb --defenses pdb crow-200 moderate-fitting; the same "
-                           "with --seeds 0 --attacks synbkd-imdb --defenses 'bki+finetune-200+strip-1%'"),
+                           "with --seeds 0 --attacks synbkd-imdb --defenses 'bki+finetune-200+strip-1%'; the same "
+                           "with --seeds 0 1 2 --attacks math-badnets-offset math-badnets-fixed --defenses (all "
+                           "but onion); the same with --seeds 0 1 --attacks badnets --defenses p2p-ranked "
+                           "pdb-ranked"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
                               "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
