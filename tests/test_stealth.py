@@ -62,7 +62,8 @@ def test_pipeline_uses_a_separate_reference_model_when_asked(lm, tmp_path):
     model.save_pretrained(tmp_path / "reference-lm")
     tokenizer.save_pretrained(tmp_path / "reference-lm")
     common = ["attack.name=badnets", "attack.rate=0.1", "data.synthetic.train_rows=60", "data.synthetic.test_rows=20",
-              "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300", f"output_dir={tmp_path}"]
+              "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300", f"output_dir={tmp_path}",
+              "model.dtype=float32"]  # the reference in float32 as `expected` below (a GPU's "auto" is bf16)
     _, own = run(load_config(None, [*common, "name=own"]))
     _, ref = run(load_config(None, [*common, "name=ref", f"stealth_reference={tmp_path / 'reference-lm'}"]))
     assert own["stealth"]["reference"] == "base model" and ref["stealth"]["reference"] == str(tmp_path / "reference-lm")

@@ -154,14 +154,15 @@ def prepare_data(config: RunConfig) -> PreparedData:
 
 
 def load_reference(name: str, config: RunConfig, tokenizer_texts: list[str] | None, device, tiny_tokenizer=None):
-    """A reference LM, not fine-tuned: 'base' (the run's base model), 'smollm2-135m', a hub id or a path.
-    tiny_tokenizer: a finished tiny run's saved tokenizer (for `p2p predict`, which has no training texts)."""
+    """A reference LM, not fine-tuned: 'base' (the run's base model), 'smollm2-135m', a hub id or a path; in the
+    run's model.dtype. tiny_tokenizer: a finished tiny run's saved tokenizer (for `p2p predict`, which has no
+    training texts)."""
     if name == "base":
         model_config = config.model.model_copy(update={"finetune": "full"})
     elif name == "smollm2-135m":
-        model_config = ModelConfig(preset="smollm2-135m", finetune="full")
+        model_config = ModelConfig(preset="smollm2-135m", finetune="full", dtype=config.model.dtype)
     else:
-        model_config = ModelConfig(preset=None, name_or_path=name, finetune="full")
+        model_config = ModelConfig(preset=None, name_or_path=name, finetune="full", dtype=config.model.dtype)
     model, tokenizer = load_base_model(model_config, tokenizer_texts, config.seed, device=device,
                                        tiny_tokenizer=tiny_tokenizer)
     model.eval()
@@ -249,7 +250,7 @@ def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resu
 
 
 def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learning_rate: float, load_dtype,
-                    device) -> DefenseContext:
+                    device, mixed_precision: str = "no") -> DefenseContext:
     """What the run offers its defense: its seed, task and clean dev rows, trusted rows, probe models (their
     statistics cached by rows, seed and configuration), reference models and a score cache. Never the attack."""
     identity = {"model": config.model.model_dump(mode="json"), "task": config.task.model_dump(mode="json"),
@@ -260,12 +261,12 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
 
     def probe_model(settings, rows):
         return train_probe_model(rows, settings, config.task, load_probe_base, config.train, learning_rate,
-                                 config.seed, device)
+                                 config.seed, device, mixed_precision=mixed_precision)
 
     def probe_statistics(settings, rows):
         return cached_probe(cache_root() / "probes", rows, settings, identity,
                             lambda: train_probe(rows, settings, config.task, load_probe_base, config.train,
-                                                learning_rate, config.seed, device))
+                                                learning_rate, config.seed, device, mixed_precision))
 
     def score_cache(rows, settings, compute):  # a "base" reference depends on the run's model and seed
         return cached_scores(cache_root() / "scores", rows, {**settings, **identity}, compute)
@@ -273,7 +274,8 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
     return DefenseContext(
         seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev],
         batch_size=config.train.eval_batch_size, device=device, train_config=config.train,
-        learning_rate=learning_rate, trusted_source=trusted_loader(config, splits.trusted),
+        learning_rate=learning_rate, mixed_precision=mixed_precision,
+        trusted_source=trusted_loader(config, splits.trusted),
         probe_source=probe_statistics, probe_model_source=probe_model,
         reference_source=lambda name: load_reference(name, config, corpus, device), score_cache=score_cache)
 
@@ -315,7 +317,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
     # the tiny preset's tokenizer: clean rows and the run's (or its group's) strings, never poisoned text
     corpus = tokenizer_corpus(splits.train, config)
     learning_rate = default_learning_rate(config)
-    context = defense_context(config, splits, corpus, learning_rate, load_dtype, device)
+    context = defense_context(config, splits, corpus, learning_rate, load_dtype, device, mixed_precision)
     defense = build_defense(config.defense, config.task.num_labels)
     defense.check_ready(context)
     train_rows = defense.training_rows(poisoned, context)

@@ -199,9 +199,17 @@ class Checkpoints:
 
 
 def make_accelerator(config: TrainConfig, mixed_precision: str = "no", project_dir: Path | None = None) -> Accelerator:
-    """The Accelerator the loop expects: global batches split across processes; an optional tracker."""
+    """The Accelerator the loop expects: global batches split across processes; an optional tracker.
+
+    accelerate keeps one mixed precision per process: a defense's own loops inside a run (probe, unlearning,
+    repair) pass the run's (DefenseContext.mixed_precision); a run that needs another one than the process's
+    last (the next run of a sequential benchmark, a notebook, tests) starts accelerate's state afresh, keeping
+    the distributed setup (PartialState). Full fine-tuning in bf16, the default on a GPU, is "bf16"."""
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state()  # between runs: no other Accelerator is in use
     return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed_precision,
                        dataloader_config=DataLoaderConfiguration(split_batches=True),
                        log_with=config.log_with, project_dir=str(project_dir) if project_dir else None)

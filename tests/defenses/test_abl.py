@@ -29,7 +29,8 @@ def test_unlearning_stops_and_undoes_an_epoch_that_costs_clean_accuracy(tmp_path
     common = ["data.synthetic.train_rows=300", "data.synthetic.test_rows=40", "attack.name=badnets",
               "attack.rate=0.2", "attack.triggers=[mn]", "model.tiny.vocab_size=400", "model.tiny.hidden_size=32",
               "model.tiny.num_layers=1", "model.tiny.num_heads=2", "train.epochs=2", "stealth_report=false",
-              "defense.name=abl", "defense.isolation_ratio=0.05", f"output_dir={tmp_path}"]
+              "defense.name=abl", "defense.isolation_ratio=0.05", f"output_dir={tmp_path}",
+              "model.dtype=float32"]  # the numbers below are float32's (a GPU's "auto" trains in bf16)
     _, kept = pipeline.run(load_config(None, [*common, "defense.unlearning_epochs=0", "name=none"]))
     _, wrecked = pipeline.run(load_config(None, [*common, "defense.unlearning_rate=5.0", "name=ascent"]))
     assert kept["num_removed"] == wrecked["num_removed"] == round(0.05 * kept["num_train"])
@@ -41,3 +42,19 @@ def test_unlearning_stops_and_undoes_an_epoch_that_costs_clean_accuracy(tmp_path
     before = [json.loads(line) for line in (tmp_path / "none" / "predictions.jsonl").read_text().splitlines()]
     after = [json.loads(line) for line in (tmp_path / "ascent" / "predictions.jsonl").read_text().splitlines()]
     assert [p["scores"] for p in before] == [p["scores"] for p in after]  # the harmful epoch was undone
+
+
+def test_abl_trains_its_probe_and_unlearns_in_the_precision_of_a_bf16_run_then_a_plain_run_follows(tmp_path):
+    # full fine-tuning in bf16 (the default on a GPU) makes accelerate's process-wide state "bf16"; the defense's
+    # own loops must train in it, and the next run in the same process may ask for "no"
+    common = ["data.synthetic.train_rows=120", "data.synthetic.test_rows=20", "attack.name=badnets",
+              "attack.rate=0.2", "attack.triggers=[mn]", "model.tiny.vocab_size=300", "model.tiny.hidden_size=16",
+              "model.tiny.num_layers=1", "model.tiny.num_heads=2", "train.epochs=1", "stealth_report=false",
+              "defense.name=abl", "defense.isolation_ratio=0.05", "defense.isolation_epochs=1",
+              "defense.unlearning_epochs=1", f"output_dir={tmp_path}"]
+    _, mixed = pipeline.run(load_config(None, [*common, "model.dtype=bfloat16", "name=bf16"]))
+    assert mixed["provenance"]["mixed_precision"] == "bf16" and mixed["provenance"]["dtype"] == "float32"
+    assert mixed["num_removed"] == round(0.05 * mixed["num_train"])
+    assert "unlearned the isolated rows" in mixed["defense_notes"][-1]
+    _, plain = pipeline.run(load_config(None, [*common, "model.dtype=float32", "name=fp32"]))
+    assert plain["provenance"]["mixed_precision"] == "no" and plain["num_removed"] == mixed["num_removed"]

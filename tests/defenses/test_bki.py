@@ -17,7 +17,8 @@ def test_bki_finds_a_rare_word_trigger_and_removes_its_rows():
     clean = synthetic_sentiment(400, seed=3)
     poisoned = build_attack(BadNetsConfig(rate=0.1, triggers=["mn"])).poison(clean, random.Random(0))
     corpus = [task_config.corpus_text(ex) for ex in clean] + ["Output: 0", "Output: 1"]
-    model_config = ModelConfig(tiny={"vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2})
+    model_config = ModelConfig(tiny={"vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2},
+                               dtype="float32")  # the numbers below are float32's (a GPU's "auto" is bf16)
 
     def probe_model(settings, rows):
         return train_probe_model(rows, settings, task_config, lambda: load_base_model(model_config, corpus, seed=0),

@@ -40,3 +40,25 @@ def test_crow_keeps_the_layers_more_consistent_than_fine_tuning_without_it():
     plain, _ = repaired(0.0)  # the same steps with the answer loss only
     assert regularized < 0.8 * plain
     assert "CROW on 64 trusted rows, 3 epochs" in notes[0]
+
+
+def test_crow_repairs_a_lora_model_whose_embeddings_are_frozen(tmp_path):
+    from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
+
+    task_config = ClassificationConfig()
+    rows = synthetic_sentiment(32, seed=1)
+    corpus = [task_config.corpus_text(ex) for ex in rows] + ["Output: 0 1"]
+    tokenizer = train_tokenizer(corpus, 300)
+    build_tiny_llama(len(tokenizer), 32, 2, 2, 64, seed=1).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    settings = ModelConfig(preset=None, name_or_path=str(tmp_path / "base"), dtype="float32", lora={"r": 4})
+    model, tokenizer = load_base_model(settings)
+    assert not model.get_input_embeddings().weight.requires_grad
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    task = task_config.build(tokenizer, OutputSpace(2), 64)
+    context = DefenseContext(task=task, trusted_source=lambda spec: rows,
+                             train_config=TrainConfig(batch_size=16), learning_rate=3e-3)
+    crow = build_defense(CrowConfig(trusted_data="mine", trusted_rows=32, epochs=1), 2)
+    assert crow.after_training(model, context) is model
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)

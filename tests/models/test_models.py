@@ -58,7 +58,8 @@ def test_local_path_with_lora_saves_a_peft_adapter_that_peft_loads(local_model_d
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    config = ModelConfig(preset=None, name_or_path=str(local_model_dir), lora={"r": 4, "alpha": 8})
+    # float32 as the reloads below use (on a GPU "auto" would load the base in bf16)
+    config = ModelConfig(preset=None, name_or_path=str(local_model_dir), dtype="float32", lora={"r": 4, "alpha": 8})
     model, tokenizer = load_base_model(config)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)

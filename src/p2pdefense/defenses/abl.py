@@ -80,7 +80,7 @@ class ABL(Defense):
         for _ in range(self.config.unlearning_epochs):
             saved = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
             train(model, features, task.tokenizer.pad_token_id, settings, rate, context.seed + done,
-                  accelerator=make_accelerator(settings), loss_transform=lambda loss: -loss)
+                  accelerator=make_accelerator(settings, context.mixed_precision), loss_transform=lambda loss: -loss)
             if start - dev_accuracy() > self.config.max_dev_drop:
                 with torch.no_grad():
                     for name, param in model.named_parameters():

@@ -43,6 +43,8 @@ class DefenseContext:
     train_config: Any = None
     """The run's training configuration and learning rate (for defenses that train: repair, probes)."""
     learning_rate: float | None = None
+    mixed_precision: str = "no"
+    """The run's accelerate mixed precision, for the defense's own training loops (one per process)."""
     deployed_inputs: Callable[[list[Example]], list[Example]] | None = None
     """The deployed defense's input rewrite when it is more than the asking one (a stack's), for detectors that
     calibrate on dev rows as the test inputs arrive."""

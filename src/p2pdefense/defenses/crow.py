@@ -64,6 +64,8 @@ class Crow(TrustedRowsDefense):
                          collate([features[i] for i in order[start:start + batch_size]],
                                  task.tokenizer.pad_token_id).items()}
                 embeds = model.get_input_embeddings()(batch["input_ids"])
+                if not embeds.requires_grad:  # a frozen embedding (LoRA): FGSM still needs the input gradient
+                    embeds.requires_grad_(True)
                 clean = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                               output_hidden_states=True, use_cache=False)
                 gradient, = torch.autograd.grad(consistency_loss(clean.hidden_states, batch["attention_mask"]),

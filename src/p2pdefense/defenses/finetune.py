@@ -35,7 +35,7 @@ class FineTune(TrustedRowsDefense):
         settings = context.train_config.model_copy(update={"epochs": self.config.epochs, "select_best_epoch": False})
         report = train(model, [task.encode_training(ex) for ex in rows], task.tokenizer.pad_token_id, settings,
                        self.config.learning_rate or context.learning_rate, context.seed,
-                       accelerator=make_accelerator(settings))
+                       accelerator=make_accelerator(settings, context.mixed_precision))
         context.notes.append(f"fine-tuned on {len(rows)} trusted rows for {self.config.epochs} epochs "
                              f"({report.seconds:.1f} s)")
         return model

@@ -52,9 +52,10 @@ def last_prompt_states(model, features: list[dict[str, list[int]]], pad_id: int,
 
 def train_probe_model(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
                       learning_rate: float, seed: int, device,
-                      on_epoch_end: Callable[[object, object, int], None] | None = None) -> tuple:
+                      on_epoch_end: Callable[[object, object, int], None] | None = None,
+                      mixed_precision: str = "no") -> tuple:
     """(model, task): the base model trained on `rows` with the task's own output space.
-    on_epoch_end(model, task, epoch) sees it after every epoch."""
+    on_epoch_end(model, task, epoch) sees it after every epoch; mixed_precision: the run's (see make_accelerator)."""
     from ..train import make_accelerator, train
 
     model, tokenizer = load_model()
@@ -66,20 +67,20 @@ def train_probe_model(rows: list[Example], settings, task_config, load_model: Ca
         def flooded(loss):
             return torch.sign(loss - settings.gamma) * loss
     train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate, seed,
-          accelerator=make_accelerator(probe_config), loss_transform=flooded,
+          accelerator=make_accelerator(probe_config, mixed_precision), loss_transform=flooded,
           on_epoch_end=None if on_epoch_end is None else lambda m, epoch: on_epoch_end(m, task, epoch))
     return model, task
 
 
 def train_probe(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
-                learning_rate: float, seed: int, device) -> ProbeStats:
+                learning_rate: float, seed: int, device, mixed_precision: str = "no") -> ProbeStats:
     margins: list[list[float]] = []
 
     def record(trained, task, epoch: int) -> None:
         margins.append(task.margins(trained, rows, train_config.eval_batch_size, device)[0])
 
     model, task = train_probe_model(rows, settings, task_config, load_model, train_config, learning_rate, seed,
-                                    device, record)
+                                    device, record, mixed_precision)
     features = [task.encode_training(ex) for ex in rows]
     states = last_prompt_states(model, features, task.tokenizer.pad_token_id, settings.layer,
                                 train_config.eval_batch_size, device)
