@@ -144,7 +144,8 @@ def suite_table(bench_dir) -> str:
              "Mean ± sd over seeds. floor: the clean model's ASR on the seeds of the row. compute: estimated FLOPs"
              " of every model the run used (p2pdefense/compute.py; blank for runs that predate the count); "
              "removed: the share of a filter's removed rows that were poisoned, and of the poison it removed; "
-             "wall: wall time (noisy: runs shared two CPU cores with other work); both against the undefended run "
+             "wall: wall time (noisy: runs shared two CPU cores, or one GPU with up to 17 other runs); both "
+             "against the undefended run "
              "of the same seed. A rejected input is neither correct nor an attack success. The moderate-fitting "
              "row is no defense, trained less (a control).", ""]
     verdicts = []

@@ -53,7 +53,9 @@ STORES = {
                              "with --seeds 0 --attacks addsent badnets-clean-label --cells "
                              "'pdb trusted 200'; the same with --seeds 0 --attacks badnets --cells 'pdb given, 0' "
                              "'pdb random'; the same with --seeds 1 --attacks badnets --cells 'pdb given, 0' (then "
-                             "'pdb ranked', then 'pdb random'); the same with --seeds 2 --cells 'pdb given, 0'"),
+                             "'pdb ranked', then 'pdb random'); the same with --seeds 2 --cells 'pdb given, 0'; "
+                             "on an NVIDIA H200 (bf16 base weights, 6 runs at once): the same with --seeds 1 2 "
+                             "--attacks badnets --workers 6 (the six cells still missing: device in each row)"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
@@ -84,10 +86,14 @@ STORES = {
                            "with --seeds 0 1 2 --attacks math-badnets-offset math-badnets-fixed --defenses (all "
                            "but onion); the same with --seeds 0 1 --attacks badnets --defenses p2p-ranked "
                            "pdb-ranked"),
-    "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0 (clean and undefended runs copied "
-                              "from the SmolLM2 ablation's store)",
+    "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
+                              "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
+                              "ONION on CPU (its clean and undefended runs copied from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
-                              "--attacks badnets-clean-label --defenses onion"),
+                              "--attacks badnets-clean-label --defenses onion; on the H200, from a store without "
+                              "those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 --workers 12 "
+                              "--reuse --attacks badnets ctba addsent badnets-clean-label vpi synbkd-imdb (stopped "
+                              "after 8 min)"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
