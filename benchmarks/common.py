@@ -123,6 +123,13 @@ def rejections(metrics: list[dict]) -> str:
     return f"{mean_sd(clean)} / {mean_sd(triggered)}" if any(clean) or any(triggered) else ""
 
 
+def seed_count(metrics: list[dict]) -> str:
+    """The number of seeds of a table row, and how many of those runs ran on a GPU: the same configuration gives
+    other numbers on another device (bf16 weights there), so a row that mixes them says so."""
+    on_gpu = sum(str((m.get("provenance") or {}).get("device", "cpu")).startswith("cuda") for m in metrics)
+    return f"{len(metrics)}" + (f" ({on_gpu} on GPU)" if on_gpu else "")
+
+
 def mean_sd(values: list) -> str:
     """'mean ± sample sd' in percent over the values that exist ('n/a' for none; sd 0.0 for one)."""
     values = [v for v in values if v is not None]

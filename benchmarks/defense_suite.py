@@ -33,6 +33,7 @@ from common import (  # benchmarks/common.py
     pinned_vocabulary,
     rejections,
     run_bench,
+    seed_count,
 )
 
 from p2pdefense.bench import GridSpec, NamedCell, expand
@@ -141,7 +142,8 @@ def suite_table(bench_dir) -> str:
         else:
             cells[(attack, name)].append(r)
     lines = ["# Defense suite", "",
-             "Mean ± sd over seeds. floor: the clean model's ASR on the seeds of the row. compute: estimated FLOPs"
+             "Mean ± sd over seeds (\"(k on GPU)\": k of them ran on a GPU, in bf16: the same configuration gives "
+             "other numbers there). floor: the clean model's ASR on the seeds of the row. compute: estimated FLOPs"
              " of every model the run used (p2pdefense/compute.py; blank for runs that predate the count); "
              "removed: the share of a filter's removed rows that were poisoned, and of the poison it removed; "
              "wall: wall time (noisy: runs shared two CPU cores, or one GPU with up to 17 other runs); both "
@@ -155,7 +157,7 @@ def suite_table(bench_dir) -> str:
                   "wall (x) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         und = [m for (a, k, _), m in refs.items() if a == attack and k == "undefended"]
         floor_values = [m.get("asr") for (a, k, _), m in refs.items() if a == attack and k == "clean"]
-        lines.append(f"| undefended | {len(und)} | {mean_sd([m['ca'] for m in und])} | "
+        lines.append(f"| undefended | {seed_count(und)} | {mean_sd([m['ca'] for m in und])} | "
                      f"{mean_sd([m.get('asr') for m in und])} | {mean_sd(floor_values)} | "
                      f"{mean_sd([m.get('triggered_accuracy') for m in und])} | | | | 1.0 | 1.0 |")
         candidates = []
@@ -185,7 +187,8 @@ def suite_table(bench_dir) -> str:
             # compared with a floor averaged over seeds it never ran
             gap, drop = _mean(gaps), _mean(drops)
             lines.append(
-                f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
+                f"| {name} | {seed_count(ms)} | {mean_sd([m['ca'] for m in ms])} | "
+                f"{mean_sd([m.get('asr') for m in ms])} | "
                 f"{mean_sd(floors)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections(ms)}"
                 f" | {removals} | {'' if drop is None else f'{100 * drop:.1f}'} | "
                 f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "

@@ -39,6 +39,7 @@ from common import (  # benchmarks/common.py
     pinned_vocabulary,
     rejections,
     run_bench,
+    seed_count,
 )
 
 from p2pdefense.bench import GridSpec, NamedCell, expand
@@ -205,7 +206,8 @@ def ablation_table(bench_dir: Path) -> str:
             attack = cell.split(" | ")[0]
             references[attack]["clean" if "(clean)" in cell else "undefended"].append(r)
     lines = ["# P2P / PDB defensive-subset ablation", "",
-             "Mean ± sd over seeds. floor: the clean model's ASR; undefended: the attack without defense. "
+             "Mean ± sd over seeds (\"(k on GPU)\": k of them ran on a GPU, in bf16: the same configuration gives "
+             "other numbers there). floor: the clean model's ASR; undefended: the attack without defense. "
              "Poisoned in S: poisoned rows among the defensive rows (joined after the run; the defense never saw "
              "them). AUROC: the blind scorer's suspicion against the poison (ranked cells). A rejected input counts "
              "as neither correct nor an attack success.", ""]
@@ -220,7 +222,7 @@ def ablation_table(bench_dir: Path) -> str:
         for kind in ("clean", "undefended"):
             ms = list(seen_seeds.get(kind, {}).values())
             if ms:
-                lines.append(f"| {kind} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | "
+                lines.append(f"| {kind} | {seed_count(ms)} | {mean_sd([m['ca'] for m in ms])} | "
                              f"{mean_sd([m.get('asr') for m in ms])} | "
                              f"{mean_sd([m.get('triggered_accuracy') for m in ms])} | | | |")
         for (a, name), members in sorted(groups.items()):
@@ -230,7 +232,8 @@ def ablation_table(bench_dir: Path) -> str:
             poisoned_in_s = [m.get("num_poisoned_in_benign_subset") for m in ms]
             aurocs = [m.get("suspicion_auroc") for m in ms if m.get("suspicion_auroc") is not None]
             lines.append(
-                f"| {name} | {len(ms)} | {mean_sd([m['ca'] for m in ms])} | {mean_sd([m.get('asr') for m in ms])} | "
+                f"| {name} | {seed_count(ms)} | {mean_sd([m['ca'] for m in ms])} | "
+                f"{mean_sd([m.get('asr') for m in ms])} | "
                 f"{mean_sd([m.get('triggered_accuracy') for m in ms])} | "
                 f"{rejections(ms)} | "
                 f"{statistics.fmean(poisoned_in_s):.1f} | "

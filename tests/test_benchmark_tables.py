@@ -133,3 +133,15 @@ def test_the_benchmarks_reuse_committed_rows_of_the_same_configuration(tmp_path,
     rows = ResultsStore(target).rows()
     assert [(r["hash"], r["cell"], r["metrics"]["ca"]) for r in rows] == [(stored.hash, stored.label, 0.5)]
     assert common.reuse_runs(cells, [source], target) == 0  # already there: nothing copied twice
+
+
+def test_a_row_says_how_many_of_its_seeds_ran_on_a_gpu(tmp_path):
+    store = ResultsStore(tmp_path)
+    for seed in (0, 1):
+        store.append(row("badnets | p2p (clean)", seed, 0.80, 0.10))
+        store.append(row("badnets | p2p (undefended)", seed, 0.80, 1.00))
+        defended = row("badnets | p2p", seed, 0.80, 1.00)
+        defended["metrics"]["provenance"] = {"device": "cuda:0" if seed else "cpu"}
+        store.append(defended)
+    table = defense_suite.suite_table(tmp_path)
+    assert "| p2p | 2 (1 on GPU) |" in table and "| undefended | 2 |" in table  # references on CPU
