@@ -257,3 +257,36 @@ def test_a_run_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_ru
         assert after_kill[key] == reference[key], key
     assert [e["loss"] for e in after_kill["epochs"]] == pytest.approx([e["loss"] for e in reference["epochs"]])
     assert read_predictions(tmp_path / "a" / "killed") == read_predictions(tmp_path / "b" / "killed")
+
+
+def test_probe_statistics_are_not_shared_between_numerics(tmp_path, monkeypatch):
+    """A probe trained in bf16 on a GPU ranks rows differently from a float32 one on a CPU: the cache must keep
+    them apart (one device's statistics served to the other would make a result depend on the run order)."""
+    from p2pdefense.data import Example, ExampleMeta
+    from p2pdefense.defenses.probe import ProbeStats
+    from p2pdefense.defenses.scorers import TrainingDynamicsConfig
+
+    (tmp_path / "config.yaml").write_text(CONFIG, encoding="utf-8")
+    config = load_config(tmp_path / "config.yaml")
+    rows = [Example(text=f"row {i}", label=i % 2, meta=ExampleMeta(source_index=i)) for i in range(4)]
+    splits = pipeline.Splits(rows, rows, rows, [], [])
+    trained = []
+
+    def fake_probe(*args):
+        trained.append(args)
+        return ProbeStats([[0.5 * len(trained)] * 4], torch.zeros(4, 2))
+
+    monkeypatch.setattr(pipeline, "cache_root", lambda: tmp_path / "cache")
+    monkeypatch.setattr(pipeline, "train_probe", fake_probe)
+    settings = TrainingDynamicsConfig().probe
+
+    def statistics(dtype, device, mixed_precision):
+        context = pipeline.defense_context(config, splits, ["row"], 1e-3, dtype, torch.device(device),
+                                           mixed_precision)
+        return context.probe(settings, rows).margins
+
+    first = statistics(torch.float32, "cpu", "no")
+    assert statistics(torch.float32, "cpu", "no") == first and len(trained) == 1  # same numerics: cached
+    assert statistics(torch.bfloat16, "cuda", "bf16") != first and len(trained) == 2
+    statistics(torch.bfloat16, "cpu", "bf16")  # bf16 on a CPU is a third kind of run
+    assert len(trained) == 3

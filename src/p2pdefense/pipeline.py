@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
@@ -253,8 +254,11 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
                     device, mixed_precision: str = "no") -> DefenseContext:
     """What the run offers its defense: its seed, task and clean dev rows, trusted rows, probe models (their
     statistics cached by rows, seed and configuration), reference models and a score cache. Never the attack."""
+    # The numerics are part of a result: a probe trained in bf16 on a GPU ranks rows differently from one in
+    # float32 on a CPU, so neither may be served the other's cached statistics.
+    numerics = {"device": torch.device(device).type, "dtype": str(load_dtype), "mixed_precision": mixed_precision}
     identity = {"model": config.model.model_dump(mode="json"), "task": config.task.model_dump(mode="json"),
-                "train": config.train.model_dump(mode="json"), "seed": config.seed}
+                "train": config.train.model_dump(mode="json"), "seed": config.seed, "numerics": numerics}
 
     def load_probe_base():
         return load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
