@@ -253,7 +253,8 @@ def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resu
 def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learning_rate: float, load_dtype,
                     device, mixed_precision: str = "no") -> DefenseContext:
     """What the run offers its defense: its seed, task and clean dev rows, trusted rows, probe models (their
-    statistics cached by rows, seed and configuration), reference models and a score cache. Never the attack."""
+    statistics cached by rows, seed, configuration and numerics), reference models and a score cache. Never the
+    attack."""
     # The numerics are part of a result: a probe trained in bf16 on a GPU ranks rows differently from one in
     # float32 on a CPU, so neither may be served the other's cached statistics.
     numerics = {"device": torch.device(device).type, "dtype": str(load_dtype), "mixed_precision": mixed_precision}
