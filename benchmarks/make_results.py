@@ -57,7 +57,9 @@ STORES = {
                              "on an NVIDIA H200 (bf16 base weights, 6 runs at once): the same with --seeds 1 2 "
                              "--attacks badnets --workers 6 (the six cells still missing: device in each row); "
                              "on CPU: the same with --seeds 0 --attacks addsent --cells 'ranked reference_agreement' "
-                             "'0 poisoned' --workers 2, then --cells 'random (blind)'"),
+                             "'0 poisoned' --workers 2, then --cells 'random (blind)'; the same with --seeds 0 "
+                             "--attacks badnets-clean-label ctba --cells 'p2p random (blind)' 'p2p ranked "
+                             "reference_agreement' '0 poisoned' --workers 2"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
