@@ -38,7 +38,11 @@ STORES = {
                           "'given, 0 poisoned'; the same with --attacks synbkd-imdb --cells 'p2p given, 0' "
                           "'p2p trusted 200' --reuse benchmarks/results/defense-suite-tiny; the same with "
                           "--attacks vpi "
-                          "--cells 'random (blind)' 'trusted 200' 'given, 0 poisoned' (pdb given stopped for time)"),
+                          "--cells 'random (blind)' 'trusted 200' 'given, 0 poisoned' (pdb given stopped for time); "
+                          "the same with --seeds 0 1 2 3 4 --attacks topics4-badnets --cells 'random (blind)' "
+                          "'0 poisoned' 'trusted 200', then --cells 'random (blind)' 'given' 'trusted' 'ratio' "
+                          "'repeat 5 (union)' 'shared cue' 'salient' 'training_dynamics' 'representation' (stopped "
+                          "for time: each row gives its seed count)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -59,7 +63,10 @@ STORES = {
                              "on CPU: the same with --seeds 0 --attacks addsent --cells 'ranked reference_agreement' "
                              "'0 poisoned' --workers 2, then --cells 'random (blind)'; the same with --seeds 0 "
                              "--attacks badnets-clean-label ctba --cells 'p2p random (blind)' 'p2p ranked "
-                             "reference_agreement' '0 poisoned' --workers 2"),
+                             "reference_agreement' '0 poisoned' --workers 2; the same with --seeds 0 --attacks ctba "
+                             "badnets-clean-label --cells 'p2p trusted 200' 'pdb trusted 200' 'pdb random (blind)' "
+                             "'pdb ranked reference_agreement' --workers 2; the same with --seeds 1 --attacks ctba "
+                             "--cells 'p2p given, 0 poisoned' --workers 1"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
