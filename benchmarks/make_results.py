@@ -41,8 +41,8 @@ STORES = {
                           "--cells 'random (blind)' 'trusted 200' 'given, 0 poisoned' (pdb given stopped for time); "
                           "the same with --seeds 0 1 2 3 4 --attacks topics4-badnets --cells 'random (blind)' "
                           "'0 poisoned' 'trusted 200', then --cells 'random (blind)' 'given' 'trusted' 'ratio' "
-                          "'repeat 5 (union)' 'shared cue' 'salient' 'training_dynamics' 'representation' (stopped "
-                          "for time: each row gives its seed count)"),
+                          "'repeat 5 (union)' 'shared cue' 'salient' 'training_dynamics' 'representation', run "
+                          "twice, the second time with --workers 2 (stopped for time: each row gives its seed count)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
