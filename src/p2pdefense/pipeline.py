@@ -25,7 +25,7 @@ from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
 from .defenses import DefenseContext, MissingRequirement, build_defense
-from .defenses.probe import cached_probe, cached_scores, train_probe, train_probe_model
+from .defenses.probe import cached_probe, cached_scores, cached_text_scores, train_probe, train_probe_model
 from .evaluate import auroc, compare, evaluate, summarize
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import ModelConfig, load_base_model, save_trained, training_precision
@@ -276,13 +276,17 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
     def score_cache(rows, settings, compute):  # a "base" reference depends on the run's model and seed
         return cached_scores(cache_root() / "scores", rows, {**settings, **identity}, compute)
 
+    def text_score_cache(texts, settings, compute):
+        return cached_text_scores(cache_root() / "text-scores", texts, {**settings, **identity}, compute)
+
     return DefenseContext(
         seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev],
         batch_size=config.train.eval_batch_size, device=device, train_config=config.train,
         learning_rate=learning_rate, mixed_precision=mixed_precision,
         trusted_source=trusted_loader(config, splits.trusted),
         probe_source=probe_statistics, probe_model_source=probe_model,
-        reference_source=lambda name: load_reference(name, config, corpus, device), score_cache=score_cache)
+        reference_source=lambda name: load_reference(name, config, corpus, device), score_cache=score_cache,
+        text_score_cache=text_score_cache)
 
 
 def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,

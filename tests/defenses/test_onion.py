@@ -69,3 +69,53 @@ def test_onion_scores_each_distinct_text_once_across_threshold_and_repeated_eval
     # each text once, plus once without each of its words (a one-word text has no variants)
     assert len(scored) == sum(len(t.split()) + 1 if len(t.split()) > 1 else 1 for t in distinct)
     assert [ex.text for ex in again] == [ex.text for ex in first]
+
+
+def test_onion_scores_a_text_once_across_runs_that_share_a_text_cache(fluent_reference, tmp_path, monkeypatch):
+    import p2pdefense.defenses.onion as onion_module
+    from p2pdefense.defenses.probe import cached_text_scores
+
+    model, tokenizer = fluent_reference
+    scored: list[str] = []
+
+    def counting_perplexities(model, tokenizer, texts, batch_size, device):
+        scored.extend(texts)
+        return perplexities(model, tokenizer, texts, batch_size, device)
+
+    monkeypatch.setattr(onion_module, "perplexities", counting_perplexities)
+    dev = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
+           for i, t in enumerate(ex.text for ex in synthetic_sentiment(20, seed=8))]
+    clean = [Example(text=ex.text, meta=ExampleMeta(source_index=i))
+             for i, ex in enumerate(synthetic_sentiment(10, seed=9))]
+    triggered = [Example(text=ex.text + " mn", meta=ExampleMeta(source_index=i))
+                 for i, ex in enumerate(synthetic_sentiment(10, seed=3))]
+
+    def run(inputs, cache):  # a fresh defense and context: another run of a grid
+        context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=4,
+                                 text_score_cache=cache)
+        onion = build_defense(OnionConfig(clean_word_removal_rate=0.05), 2)
+        shown = onion.at_inference(inputs, context)
+        return [ex.text for ex in shown], onion.threshold, onion.word_suspicions([ex.text for ex in inputs], context)
+
+    def shared(texts, settings, compute):
+        return cached_text_scores(tmp_path, texts, settings, compute)
+
+    uncached = run(clean + triggered, None)
+    scored.clear()
+    first = run(clean, shared)  # scores the dev texts and the clean inputs
+    assert len(scored) > 0
+    scored.clear()
+    second = run(triggered + clean, shared)  # another attack's inputs: only the triggered texts are new
+    assert set(scored) == {v for ex in triggered for v in variants(ex.text)}
+    assert second[1] == first[1] == uncached[1]  # the same dev threshold
+    # a text's scores do not depend on the texts scored beside it, or on the cache
+    assert second[2] == uncached[2][10:] + uncached[2][:10] and second[0] == uncached[0][10:] + uncached[0][:10]
+    scored.clear()
+    run(clean, lambda texts, settings, compute: cached_text_scores(tmp_path, texts, {**settings, "seed": 1},
+                                                                   compute))
+    assert len(scored) > 0  # other settings (e.g. another run identity) score again
+
+
+def variants(text: str) -> list[str]:
+    words = text.split()
+    return [text] + [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]

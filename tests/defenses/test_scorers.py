@@ -161,3 +161,23 @@ def test_counter_examples_relabel_the_most_suspicious_rows_with_the_reference_an
     assert all(benign[i].label - 2 == rows[i].label for i in relabelled if i in flipped)  # the true label, shifted
     with pytest.raises(ValueError, match="counter_examples needs subset=ranked"):
         P2PConfig(counter_examples=0.1)
+
+
+def test_text_scores_are_cached_per_text_and_settings_in_order_with_repeats(tmp_path):
+    from p2pdefense.defenses.probe import cached_text_scores
+
+    asked: list[list[str]] = []
+
+    def compute(texts):
+        asked.append(texts)
+        return [[len(t), t.upper()] for t in texts]
+
+    assert cached_text_scores(tmp_path, ["b", "a", "b"], {"k": 1}, compute) == [[1, "B"], [1, "A"], [1, "B"]]
+    assert asked == [["b", "a"]]  # each distinct text once
+    assert cached_text_scores(tmp_path, ["cc", "a"], {"k": 1}, compute) == [[2, "CC"], [1, "A"]]
+    assert asked[1:] == [["cc"]]  # only what the cache lacks
+    assert cached_text_scores(tmp_path, ["a"], {"k": 2}, compute) == [[1, "A"]] and asked[2:] == [["a"]]
+    assert cached_text_scores(tmp_path, [], {"k": 1}, compute) == [] and len(asked) == 3
+    with pytest.raises(ValueError, match="1 scores for 2 texts"):
+        cached_text_scores(tmp_path, ["x", "y"], {"k": 1}, lambda texts: [0])
+    assert cached_text_scores(tmp_path, ["x"], {"k": 1}, compute) == [[1, "X"]]  # nothing half-written was kept

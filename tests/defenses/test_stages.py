@@ -111,3 +111,26 @@ def test_a_reference_that_cannot_load_fails_before_any_training(tmp_path, monkey
                                 "defense.reference=./no/such/model", f"output_dir={tmp_path}", "name=r"])
     with pytest.raises(MissingRequirement, match="reference ./no/such/model: no such directory"):
         pipeline.run(ranked)
+
+
+
+def test_runs_of_a_grid_share_the_reference_scores_of_their_common_texts(tmp_path, monkeypatch):
+    """ONION with the run's base model: another attack on the same seed scores only its new (triggered) inputs."""
+    import p2pdefense.defenses.onion as onion_module
+
+    monkeypatch.setenv("P2P_CACHE_DIR", str(tmp_path / "cache"))
+    scored_inputs: list[str] = []  # ONION scores each input with its variants in one call, the input first
+    real = onion_module.perplexities
+    monkeypatch.setattr(onion_module, "perplexities",
+                        lambda model, tokenizer, texts, *args: scored_inputs.append(texts[0]) or real(model, tokenizer,
+                                                                                                   texts, *args))
+    pipeline.run(load_config(None, [*SMALL, "defense.name=onion", f"output_dir={tmp_path}", "name=a"]))
+    first = list(scored_inputs)
+    scored_inputs.clear()
+    _, metrics = pipeline.run(load_config(None, [*SMALL, "defense.name=onion", "attack.triggers=[cf]",
+                                                 f"output_dir={tmp_path}", "name=b"]))
+    assert list((tmp_path / "cache" / "text-scores").glob("*.sqlite"))
+    assert any("mn" in text.split() for text in first)
+    # the dev rows and the clean test inputs came from the cache; the inputs carrying the new trigger did not
+    assert scored_inputs and all("cf" in text.split() for text in scored_inputs)
+    assert len(set(scored_inputs)) == len(scored_inputs) <= metrics["num_triggered_all"]

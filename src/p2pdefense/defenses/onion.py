@@ -2,10 +2,10 @@
 fluent under a reference LM, before the fine-tuned model sees it.
 
 For an input of n words, the suspicion of word i is p0 - p_i, where p0 is the reference LM's perplexity of the
-input and p_i that of the input without word i (n + 1 reference passes per input, batched). Words with
-suspicion above the threshold are removed. The threshold comes from clean dev rows: the
-(1 - `clean_word_removal_rate`) quantile of the suspicion of their words, so that about that share of clean words
-is removed. The reference defaults to the run's base model before fine-tuning (poison in the fine-tuning data
+input and p_i that of the input without word i (n + 1 reference passes per input, batched per input, cached per
+text across runs). Words with suspicion above the threshold are removed. The threshold comes from clean dev rows:
+the (1 - `clean_word_removal_rate`) quantile of the suspicion of their words, so that about that share of clean
+words is removed. The reference defaults to the run's base model before fine-tuning (poison in the fine-tuning data
 cannot reach it); the tiny preset has no pretrained base, so use `reference: smollm2-135m` there.
 OpenBackdoor's pitfalls avoided: the correction path is the defense (no silent no-op), padded positions never
 enter the perplexity, single-word inputs are kept as they are, inputs are not truncated.
@@ -71,21 +71,29 @@ class Onion(Defense):
         self.threshold = state["threshold"]
 
     def word_suspicions(self, texts: list[str], context: DefenseContext) -> list[list[float]]:
-        """For each text, p0 - p_i of each of its words (computed once per distinct text)."""
+        """For each text, p0 - p_i of each of its words (computed once per distinct text, and cached across runs
+        where the run offers a text cache)."""
         todo = sorted(set(texts) - set(self.suspicions))
         if todo:
-            model, tokenizer = context.reference(self.config.reference)
-            variants, spans = [], []
-            for text in todo:
-                words = text.split()
-                start = len(variants)
-                variants.append(text)
-                variants += [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))] if len(words) > 1 else []
-                spans.append((start, len(variants)))
-            scores = perplexities(model, tokenizer, variants, context.batch_size, context.device)
-            for text, (start, end) in zip(todo, spans, strict=True):
-                self.suspicions[text] = [scores[start] - p for p in scores[start + 1:end]]
+            settings = {"defense": "onion", "reference": self.config.reference, "score": "p0 - p_i per word"}
+            for text, suspicions in zip(todo, context.cached_text_scores(todo, settings,
+                                                                         lambda missing: self.scored(missing, context)),
+                                        strict=True):
+                self.suspicions[text] = suspicions
         return [self.suspicions[text] for text in texts]
+
+    def scored(self, texts: list[str], context: DefenseContext) -> list[list[float]]:
+        """Each text's word suspicions under the reference. A text's variants are batched on their own, so its
+        scores do not depend on which other texts are scored with it (nor on what a cache already holds)."""
+        model, tokenizer = context.reference(self.config.reference)
+        result = []
+        for text in texts:
+            words = text.split()
+            variants = [text] + ([" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
+                                 if len(words) > 1 else [])
+            scores = perplexities(model, tokenizer, variants, context.batch_size, context.device)
+            result.append([scores[0] - p for p in scores[1:]])
+        return result
 
     def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:
         if self.threshold is None:

@@ -3,7 +3,7 @@
 Its per-row statistics feed blind scorers and data filters: the margin of each row's given answer after every
 epoch (training dynamics) and the hidden state at each row's last prompt token (representations). Statistics
 are cached on disk per rows, seed and configuration, so the scorers of one run, and the runs of a grid that
-share data and seed, train one probe.
+share data and seed, train one probe. Reference-model scores are cached the same way, by rows or by text.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,3 +122,32 @@ def cached_scores(cache_dir: Path, rows: list[Example], parts: dict, compute: Ca
     scores = compute()
     write_bytes_atomic(path, json.dumps(scores).encode())
     return scores
+
+
+def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
+                       compute: Callable[[list[str]], list]) -> list:
+    """One score (any JSON value) per text, cached by text in one SQLite file per settings: runs that share a
+    reference model and settings (a grid's attacks and defenses on one seed) score each distinct text once.
+    `compute` gets the distinct texts not yet cached and returns their scores in order; several processes may
+    share the file (SQLite locks it)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{content_key([], parts)}.sqlite"
+    distinct = list(dict.fromkeys(texts))
+    with closing(sqlite3.connect(path, timeout=600)) as db, db:
+        db.execute("CREATE TABLE IF NOT EXISTS scores (text TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        known = {}
+        for start in range(0, len(distinct), 500):  # under SQLite's limit on query parameters
+            chunk = distinct[start:start + 500]
+            known.update(db.execute(f"SELECT text, value FROM scores WHERE text IN ({','.join('?' * len(chunk))})",
+                                    chunk).fetchall())
+    missing = [text for text in distinct if text not in known]
+    if missing:
+        values = [json.dumps(value) for value in compute(missing)]
+        if len(values) != len(missing):
+            raise ValueError(f"the scorer returned {len(values)} scores for {len(missing)} texts")
+        with closing(sqlite3.connect(path, timeout=600)) as db, db:
+            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", zip(missing, values, strict=True))
+        known.update(zip(missing, values, strict=True))
+    if texts:
+        log.info("%d of %d distinct texts' scores from %s", len(distinct) - len(missing), len(distinct), path)
+    return [json.loads(known[text]) for text in texts]
