@@ -144,7 +144,8 @@ def suite_table(bench_dir) -> str:
     lines = ["# Defense suite", "",
              "Mean ± sd over seeds (\"(k on GPU)\": k of them ran on a GPU, in bf16: the same configuration gives "
              "other numbers there). floor: the clean model's ASR on the seeds of the row. compute: estimated FLOPs"
-             " of every model the run used (p2pdefense/compute.py; blank for runs that predate the count); "
+             " of every model the run used, work served from a cache at what it cost the run that filled it "
+             "(p2pdefense/compute.py; blank for runs that predate the count); "
              "removed: the share of a filter's removed rows that were poisoned, and of the poison it removed; "
              "wall: wall time (noisy: runs shared two CPU cores, or one GPU with up to 17 other runs); both "
              "against the undefended run "

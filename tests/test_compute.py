@@ -1,3 +1,4 @@
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
@@ -41,3 +42,31 @@ def test_two_models_are_weighted_by_their_size_and_nothing_is_counted_outside_th
         large(input_ids=ids)
     assert count.forward_tokens == 12
     assert count.flops == 2.0 * 6 * (decoder_parameters(small) + decoder_parameters(large))
+
+
+def test_work_a_cache_serves_counts_as_cached_flops_whichever_run_filled_it(tmp_path):
+    from p2pdefense.compute import compute_ratio
+    from p2pdefense.data import synthetic_sentiment
+    from p2pdefense.defenses.probe import cached_scores, cached_text_scores
+
+    model = build_tiny_llama(50, 16, 1, 2, 64, seed=0).eval()
+    ids = torch.randint(2, 50, (2, 5))
+
+    def score(texts):
+        with torch.no_grad():
+            model(input_ids=ids)
+        return [len(t) for t in texts]
+
+    rows = synthetic_sentiment(3, seed=0)
+    one_call = 2.0 * decoder_parameters(model) * 10
+    with counting_compute() as filling:
+        cached_scores(tmp_path, rows, {"k": 1}, lambda: score(["x"]))
+        assert cached_text_scores(tmp_path, ["a", "bb"], {"k": 1}, score) == [1, 2]  # one call per text
+    assert filling.flops == 3 * one_call and filling.cached_flops == 0
+    with counting_compute() as served:
+        cached_scores(tmp_path, rows, {"k": 1}, lambda: score(["x"]))
+        assert cached_text_scores(tmp_path, ["bb", "ccc"], {"k": 1}, score) == [2, 3]
+    assert served.flops == one_call  # only "ccc" is new
+    assert served.cached_flops == 2 * one_call  # the row scores and "bb", as the filling run spent them
+    metrics = {"compute": served.to_json()}
+    assert compute_ratio(metrics, {"compute": {"flops": one_call}}) == pytest.approx(3.0, rel=1e-3)  # 4 digits kept

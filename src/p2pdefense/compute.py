@@ -5,7 +5,9 @@ each decoder stack (a transformers `PreTrainedModel` returning `last_hidden_stat
 call (batch x length, padding included). A call whose output requires grad is a training step: its backward is
 counted too. `flops` is the usual estimate, 2 x parameters per token forward and 4 x backward (Kaplan et al.
 2020), so a 1-layer probe or a large reference model weigh what they cost. Work served from a cache (probe
-scores, reference scores) is not counted: it was paid by the run that filled the cache.
+statistics, reference scores) is not done again; the FLOPs that the run which filled the cache spent on it are
+stored with the entry and counted as `cached_flops`, so a defense's cost does not depend on which run of a grid
+came first (`total_flops`; entries cached before the count add nothing).
 """
 
 from __future__ import annotations
@@ -22,9 +24,20 @@ class ComputeCount:
     forward_tokens: int = 0
     backward_tokens: int = 0
     flops: float = 0.0
+    cached_flops: float = 0.0
+    """FLOPs of the work served from caches, as spent by the run that filled them."""
 
     def to_json(self) -> dict:
-        return {**asdict(self), "flops": float(f"{self.flops:.4g}")}
+        return {**asdict(self), "flops": float(f"{self.flops:.4g}"), "cached_flops": float(f"{self.cached_flops:.4g}")}
+
+
+_active: list[ComputeCount] = []
+
+
+def credit_cached(flops: float) -> None:
+    """Count work a cache served (its stored FLOPs) in every count open around this call."""
+    for count in _active:
+        count.cached_flops += flops
 
 
 def _parameters(module: torch.nn.Module, sizes: dict[int, int]) -> int:
@@ -53,13 +66,21 @@ def counting_compute():
             count.flops += 4.0 * parameters * tokens
 
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    _active.append(count)
     try:
         yield count
     finally:
         handle.remove()
+        _active[:] = [other for other in _active if other is not count]  # equal counts are distinct blocks
 
 
 def compute_ratio(metrics: dict, reference: dict) -> float | None:
-    """A run's estimated FLOPs over a reference run's (None where either run predates the count)."""
-    flops, reference_flops = ((m.get("compute") or {}).get("flops") for m in (metrics, reference))
+    """A run's estimated FLOPs, work served from caches included, over a reference run's (None where either run
+    predates the count)."""
+    flops, reference_flops = (total_flops(m) for m in (metrics, reference))
     return flops / reference_flops if flops and reference_flops else None
+
+
+def total_flops(metrics: dict) -> float | None:
+    compute = metrics.get("compute") or {}
+    return compute["flops"] + compute.get("cached_flops", 0.0) if compute.get("flops") else None

@@ -173,11 +173,11 @@ def test_text_scores_are_cached_per_text_and_settings_in_order_with_repeats(tmp_
         return [[len(t), t.upper()] for t in texts]
 
     assert cached_text_scores(tmp_path, ["b", "a", "b"], {"k": 1}, compute) == [[1, "B"], [1, "A"], [1, "B"]]
-    assert asked == [["b", "a"]]  # each distinct text once
+    assert asked == [["b"], ["a"]]  # each distinct text once, on its own
     assert cached_text_scores(tmp_path, ["cc", "a"], {"k": 1}, compute) == [[2, "CC"], [1, "A"]]
-    assert asked[1:] == [["cc"]]  # only what the cache lacks
-    assert cached_text_scores(tmp_path, ["a"], {"k": 2}, compute) == [[1, "A"]] and asked[2:] == [["a"]]
-    assert cached_text_scores(tmp_path, [], {"k": 1}, compute) == [] and len(asked) == 3
-    with pytest.raises(ValueError, match="1 scores for 2 texts"):
-        cached_text_scores(tmp_path, ["x", "y"], {"k": 1}, lambda texts: [0])
+    assert asked[2:] == [["cc"]]  # only what the cache lacks
+    assert cached_text_scores(tmp_path, ["a"], {"k": 2}, compute) == [[1, "A"]] and asked[3:] == [["a"]]
+    assert cached_text_scores(tmp_path, [], {"k": 1}, compute) == [] and len(asked) == 4
+    with pytest.raises(ValueError, match="returned 0 scores for 1 text"):
+        cached_text_scores(tmp_path, ["x", "y"], {"k": 1}, lambda texts: [])
     assert cached_text_scores(tmp_path, ["x"], {"k": 1}, compute) == [[1, "X"]]  # nothing half-written was kept

@@ -37,7 +37,8 @@ class DefenseContext:
     score_cache: Callable[[list[Example], dict, Callable[[], Any]], Any] | None = None
     """Caches per-row scores (any JSON value) by rows and settings (None: compute every time)."""
     text_score_cache: Callable[[list[str], dict, Callable[[list[str]], list]], list] | None = None
-    """Caches one score per text by text and settings, across runs; computes only the texts not yet cached."""
+    """Caches one score per text by text and settings, across runs; computes only the texts not yet cached, one
+    at a time."""
     task: Any = None
     """The task bound to the run's tokenizer and the defense's output space (set once the model is loaded)."""
     model: Any = None
@@ -77,10 +78,9 @@ class DefenseContext:
         return compute() if self.score_cache is None else self.score_cache(rows, settings, compute)
 
     def cached_text_scores(self, texts: list[str], settings: dict, compute: Callable[[list[str]], list]) -> list:
-        """One score per text; `compute(texts)` scores the (distinct) texts the cache does not hold."""
+        """One score per text; `compute([text])` scores each distinct text the cache does not hold."""
         if self.text_score_cache is None:
-            distinct = list(dict.fromkeys(texts))
-            scores = dict(zip(distinct, compute(distinct), strict=True)) if distinct else {}
+            scores = {text: compute([text])[0] for text in dict.fromkeys(texts)}
             return [scores[text] for text in texts]
         return self.text_score_cache(texts, settings, compute)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..compute import counting_compute, credit_cached
 from ..data import Example
 from ..io import write_bytes_atomic
 from .output_space import OutputSpace
@@ -105,21 +106,29 @@ def cached_probe(cache_dir: Path, rows: list[Example], settings, identity: dict,
     if path.exists():
         saved = torch.load(path, weights_only=True)
         log.info("probe statistics from %s", path)
+        credit_cached(float(saved.get("flops", 0.0)))
         return ProbeStats(saved["margins"].tolist(), saved["states"])
-    stats = compute()
+    with counting_compute() as spent:
+        stats = compute()
     buffer = io.BytesIO()
-    torch.save({"margins": torch.tensor(stats.margins), "states": stats.states}, buffer)
+    torch.save({"margins": torch.tensor(stats.margins), "states": stats.states,
+                "flops": torch.tensor(spent.flops + spent.cached_flops, dtype=torch.float64)}, buffer)
     write_bytes_atomic(path, buffer.getvalue())
     return stats
 
 
 def cached_scores(cache_dir: Path, rows: list[Example], parts: dict, compute: Callable[[], object]) -> object:
-    """Per-row scores (e.g. a reference model's suspicion; any JSON value) cached by content."""
+    """Per-row scores (e.g. a reference model's suspicion; any JSON value) cached by content; the FLOPs spent on
+    them are kept beside them (`.flops`)."""
     path = cache_dir / f"{content_key(rows, parts)}.json"
+    flops_path = path.with_suffix(".flops")
     if path.exists():
         log.info("scores from %s", path)
+        credit_cached(float(flops_path.read_text()) if flops_path.exists() else 0.0)
         return json.loads(path.read_text(encoding="utf-8"))
-    scores = compute()
+    with counting_compute() as spent:
+        scores = compute()
+    write_bytes_atomic(flops_path, repr(spent.flops + spent.cached_flops).encode())
     write_bytes_atomic(path, json.dumps(scores).encode())
     return scores
 
@@ -128,26 +137,33 @@ def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
                        compute: Callable[[list[str]], list]) -> list:
     """One score (any JSON value) per text, cached by text in one SQLite file per settings: runs that share a
     reference model and settings (a grid's attacks and defenses on one seed) score each distinct text once.
-    `compute` gets the distinct texts not yet cached and returns their scores in order; several processes may
-    share the file (SQLite locks it)."""
+    `compute([text])` is called for each distinct text not yet cached, so a text's score and its FLOPs (kept with
+    it) are its own; several processes may share the file (SQLite locks it)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{content_key([], parts)}.sqlite"
     distinct = list(dict.fromkeys(texts))
     with closing(sqlite3.connect(path, timeout=600)) as db, db:
-        db.execute("CREATE TABLE IF NOT EXISTS scores (text TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        known = {}
+        db.execute("CREATE TABLE IF NOT EXISTS scores (text TEXT PRIMARY KEY, value TEXT NOT NULL, flops REAL)")
+        known, cached_flops = {}, 0.0
         for start in range(0, len(distinct), 500):  # under SQLite's limit on query parameters
             chunk = distinct[start:start + 500]
-            known.update(db.execute(f"SELECT text, value FROM scores WHERE text IN ({','.join('?' * len(chunk))})",
-                                    chunk).fetchall())
+            for text, value, flops in db.execute(
+                    f"SELECT text, value, flops FROM scores WHERE text IN ({','.join('?' * len(chunk))})", chunk):
+                known[text] = value
+                cached_flops += flops
+    credit_cached(cached_flops)
     missing = [text for text in distinct if text not in known]
-    if missing:
-        values = [json.dumps(value) for value in compute(missing)]
-        if len(values) != len(missing):
-            raise ValueError(f"the scorer returned {len(values)} scores for {len(missing)} texts")
+    fresh = []
+    for text in missing:
+        with counting_compute() as spent:
+            values = compute([text])
+        if len(values) != 1:
+            raise ValueError(f"the scorer returned {len(values)} scores for 1 text")
+        fresh.append((text, json.dumps(values[0]), spent.flops + spent.cached_flops))
+    if fresh:
         with closing(sqlite3.connect(path, timeout=600)) as db, db:
-            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", zip(missing, values, strict=True))
-        known.update(zip(missing, values, strict=True))
+            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
+        known.update((text, value) for text, value, _ in fresh)
     if texts:
         log.info("%d of %d distinct texts' scores from %s", len(distinct) - len(missing), len(distinct), path)
     return [json.loads(known[text]) for text in texts]
