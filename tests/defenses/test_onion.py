@@ -47,20 +47,28 @@ def test_onion_removes_an_inserted_rare_word_and_keeps_clean_inputs(fluent_refer
     assert build_defense(OnionConfig(threshold=1.0), 2).state() == {"threshold": 1.0}
 
 
-def test_onion_scores_each_distinct_text_once_across_threshold_and_repeated_evaluations(fluent_reference,
-                                                                                        monkeypatch):
+@pytest.fixture
+def scored(monkeypatch) -> list[str]:
+    """Every text the reference LM scores (ONION's perplexity calls, spied on)."""
     import p2pdefense.defenses.onion as onion_module
 
-    model, tokenizer = fluent_reference
-    scored: list[str] = []
+    texts_scored: list[str] = []
 
     def counting_perplexities(model, tokenizer, texts, batch_size, device):
-        scored.extend(texts)
+        texts_scored.extend(texts)
         return perplexities(model, tokenizer, texts, batch_size, device)
 
     monkeypatch.setattr(onion_module, "perplexities", counting_perplexities)
-    dev = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
-           for i, t in enumerate(ex.text for ex in synthetic_sentiment(20, seed=8))]
+    return texts_scored
+
+
+DEV = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
+       for i, t in enumerate(ex.text for ex in synthetic_sentiment(20, seed=8))]
+
+
+def test_onion_scores_each_distinct_text_once_across_threshold_and_repeated_evaluations(fluent_reference, scored):
+    model, tokenizer = fluent_reference
+    dev = DEV
     context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=32)
     onion = build_defense(OnionConfig(clean_word_removal_rate=0.02), 2)
     first = onion.at_inference(dev, context)  # the threshold and the first epoch's dev evaluation
@@ -71,27 +79,17 @@ def test_onion_scores_each_distinct_text_once_across_threshold_and_repeated_eval
     assert [ex.text for ex in again] == [ex.text for ex in first]
 
 
-def test_onion_scores_a_text_once_across_runs_that_share_a_text_cache(fluent_reference, tmp_path, monkeypatch):
-    import p2pdefense.defenses.onion as onion_module
+def test_onion_scores_a_text_once_across_runs_that_share_a_text_cache(fluent_reference, tmp_path, scored):
     from p2pdefense.defenses.probe import cached_text_scores
 
     model, tokenizer = fluent_reference
-    scored: list[str] = []
-
-    def counting_perplexities(model, tokenizer, texts, batch_size, device):
-        scored.extend(texts)
-        return perplexities(model, tokenizer, texts, batch_size, device)
-
-    monkeypatch.setattr(onion_module, "perplexities", counting_perplexities)
-    dev = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
-           for i, t in enumerate(ex.text for ex in synthetic_sentiment(20, seed=8))]
     clean = [Example(text=ex.text, meta=ExampleMeta(source_index=i))
              for i, ex in enumerate(synthetic_sentiment(10, seed=9))]
     triggered = [Example(text=ex.text + " mn", meta=ExampleMeta(source_index=i))
                  for i, ex in enumerate(synthetic_sentiment(10, seed=3))]
 
     def run(inputs, cache):  # a fresh defense and context: another run of a grid
-        context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=4,
+        context = DefenseContext(dev=DEV, reference_source=lambda name: (model, tokenizer), batch_size=4,
                                  text_score_cache=cache)
         onion = build_defense(OnionConfig(clean_word_removal_rate=0.05), 2)
         shown = onion.at_inference(inputs, context)
