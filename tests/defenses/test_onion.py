@@ -68,12 +68,11 @@ DEV = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
 
 def test_onion_scores_each_distinct_text_once_across_threshold_and_repeated_evaluations(fluent_reference, scored):
     model, tokenizer = fluent_reference
-    dev = DEV
-    context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=32)
+    context = DefenseContext(dev=DEV, reference_source=lambda name: (model, tokenizer), batch_size=32)
     onion = build_defense(OnionConfig(clean_word_removal_rate=0.02), 2)
-    first = onion.at_inference(dev, context)  # the threshold and the first epoch's dev evaluation
-    again = onion.at_inference(dev, context)  # a later epoch
-    distinct = {ex.text for ex in dev}
+    first = onion.at_inference(DEV, context)  # the threshold and the first epoch's dev evaluation
+    again = onion.at_inference(DEV, context)  # a later epoch
+    distinct = {ex.text for ex in DEV}
     # each text once, plus once without each of its words (a one-word text has no variants)
     assert len(scored) == sum(len(t.split()) + 1 if len(t.split()) > 1 else 1 for t in distinct)
     assert [ex.text for ex in again] == [ex.text for ex in first]
