@@ -42,7 +42,12 @@ STORES = {
                           "the same with --seeds 0 1 2 3 4 --attacks topics4-badnets --cells 'random (blind)' "
                           "'0 poisoned' 'trusted 200', then --cells 'random (blind)' 'given' 'trusted' 'ratio' "
                           "'repeat 5 (union)' 'shared cue' 'salient' 'training_dynamics' 'representation', run "
-                          "twice, the second time with --workers 2 (stopped for time: each row gives its seed count)"),
+                          "twice, the second time with --workers 2 (stopped for time: each row gives its seed count); "
+                          "the same with --attacks topics4-badnets --seeds 0 1 2 3 4 --parts poisoned --cells "
+                          "'pdb given, 1 ' 'pdb given, 2 ' 'pdb given, 5 ', and --seeds 2 3 4 --parts key --cells "
+                          "'p2p trusted 200, re'; the same with --seeds 3 4 --attacks addsent ctba "
+                          "badnets-clean-label vpi --parts key --cells 'random (blind)' 'trusted 200' "
+                          "'given, 0 poisoned' (stopped for time: of VPI's seeds 3-4 only the seed-3 clean run)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -66,7 +71,8 @@ STORES = {
                              "reference_agreement' '0 poisoned' --workers 2; the same with --seeds 0 --attacks ctba "
                              "badnets-clean-label --cells 'p2p trusted 200' 'pdb trusted 200' 'pdb random (blind)' "
                              "'pdb ranked reference_agreement' --workers 2; the same with --seeds 1 --attacks ctba "
-                             "--cells 'p2p given, 0 poisoned' --workers 1"),
+                             "--cells 'p2p given, 0 poisoned' --workers 1; the same with --seeds 1 --attacks addsent "
+                             "badnets-clean-label --cells 'given, 0 poisoned' --workers 1"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
