@@ -47,7 +47,8 @@ STORES = {
                           "'pdb given, 1 ' 'pdb given, 2 ' 'pdb given, 5 ', and --seeds 2 3 4 --parts key --cells "
                           "'p2p trusted 200, re'; the same with --seeds 3 4 --attacks addsent ctba "
                           "badnets-clean-label vpi --parts key --cells 'random (blind)' 'trusted 200' "
-                          "'given, 0 poisoned' (stopped for time: of VPI's seeds 3-4 only the seed-3 clean run)"),
+                          "'given, 0 poisoned' (stopped for time in VPI), then --attacks vpi with --workers 2 (stopped "
+                          "for time: the blind, trusted-200 and reference rows reached 5 seeds)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
