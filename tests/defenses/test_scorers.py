@@ -7,7 +7,7 @@ import torch
 
 from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
 from p2pdefense.defenses import DefenseContext
-from p2pdefense.defenses.probe import ProbeStats, cached_probe
+from p2pdefense.defenses.probe import ProbeStats, cached_probe, last_prompt_states
 from p2pdefense.defenses.scorers import (
     EnsembleConfig,
     RepresentationConfig,
@@ -26,6 +26,23 @@ def test_spectral_scores_single_out_a_shifted_cluster():
     shifted = torch.randn(10, 16, generator=generator) + 4.0 * torch.ones(16)
     scores = spectral_scores(torch.cat([clean, shifted]))
     assert set(scores.argsort(descending=True)[:10].tolist()) == set(range(90, 100))
+
+
+def test_last_prompt_states_batched_by_length_keep_each_rows_own_state_in_input_order():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1, 40) for _ in range(rng.randrange(2, 12))] for _ in range(11)]
+    features = [{"input_ids": p + [7], "labels": [-100] * len(p) + [7]} for p in prompts]
+    states = last_prompt_states(model, features, pad_id=0, layer=1, batch_size=4, device="cpu")
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states[1][0, len(p) - 1]
+                 for p in prompts]
+    assert states.shape == (11, 16)
+    assert torch.allclose(states, torch.stack(alone), atol=1e-5)
 
 
 def test_representation_scores_every_label_separately():
