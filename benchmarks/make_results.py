@@ -107,9 +107,12 @@ STORES = {
                            "p2p-ranked --workers 2 (then pdb-ranked)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
-                              "ONION on CPU (its clean and undefended runs copied from the SmolLM2 ablation's store)",
+                              "ONION, CTBA CUBE and clean-label CUBE on CPU (clean-label's and AddSent's clean "
+                              "and undefended runs copied from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
-                              "--attacks badnets-clean-label --defenses onion; on the H200, from a store without "
+                              "--attacks badnets-clean-label --defenses onion; the same with --attacks ctba "
+                              "badnets-clean-label addsent --defenses bki cube --workers 2 (the BKI cells stopped for "
+                              "time, the AddSent ones never started); on the H200, from a store without "
                               "those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 --workers 12 "
                               "--reuse --attacks badnets ctba addsent badnets-clean-label vpi synbkd-imdb (stopped "
                               "after 8 min)"),
