@@ -46,17 +46,18 @@ def last_prompt_states(model, features: list[dict[str, list[int]]], pad_id: int,
     from ..train import collate
 
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    states = torch.zeros(0)
+    picked = []
     for start in tqdm(range(0, len(order), batch_size), desc="hidden states", leave=False, disable=None):
         chunk = order[start:start + batch_size]
         batch = collate([features[i] for i in chunk], pad_id)
         hidden = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                        logits_to_keep=1, output_hidden_states=True, use_cache=False).hidden_states[layer]
         positions = batch["loss_positions"][:, 0].to(device)
-        picked = hidden[torch.arange(len(chunk), device=device), positions].float().cpu()
-        if not states.numel():
-            states = torch.zeros(len(features), picked.shape[-1])
-        states[chunk] = picked
+        picked.append(hidden[torch.arange(len(chunk), device=device), positions].float().cpu())
+    if not picked:
+        return torch.zeros(0)
+    states = torch.cat(picked)
+    states[order] = states.clone()  # back to the order of `features`
     return states
 
 
