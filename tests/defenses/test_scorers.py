@@ -7,7 +7,7 @@ import torch
 
 from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
 from p2pdefense.defenses import DefenseContext
-from p2pdefense.defenses.probe import ProbeStats, cached_probe, last_prompt_states
+from p2pdefense.defenses.probe import ProbeStats, cached_probe, last_prompt_states, variant_states
 from p2pdefense.defenses.scorers import (
     EnsembleConfig,
     RepresentationConfig,
@@ -43,6 +43,35 @@ def test_last_prompt_states_batched_by_length_keep_each_rows_own_state_in_input_
                  for p in prompts]
     assert states.shape == (11, 16)
     assert torch.allclose(states, torch.stack(alone), atol=1e-5)
+
+
+def test_variant_states_from_the_rows_cache_equal_each_variants_own_pass():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear")).eval()  # as a LoRA probe is
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight)  # a trained adapter, not peft's zero start
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1, 40) for _ in range(rng.randrange(1, 12))] for _ in range(11)]
+
+    def feature(prompt):
+        return {"input_ids": prompt + [7, 8], "labels": [-100] * len(prompt) + [7, 8]}
+
+    # each word deleted in turn (BKI), plus variants that share all, or none, of the row's tokens
+    variants = [[feature(p[:i] + p[i + 1:]) for i in range(len(p)) if len(p) > 1] + [feature(p + [3, 4]),
+                feature([5] + p), feature(list(p))] for p in prompts]
+    rows, flat = [feature(p) for p in prompts], [v for row in variants for v in row]
+    row_states, variant_states_ = variant_states(model, rows, variants, pad_id=0, layer=1, batch_size=4,
+                                                 device="cpu")
+    alone = last_prompt_states(model, rows + flat, pad_id=0, layer=1, batch_size=4, device="cpu")
+    assert [len(s) for s in variant_states_] == [len(v) for v in variants]
+    assert torch.allclose(row_states, alone[:11], atol=1e-4)
+    assert torch.allclose(torch.cat(variant_states_), alone[11:], atol=1e-4)
 
 
 def test_representation_scores_every_label_separately():

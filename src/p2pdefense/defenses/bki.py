@@ -6,7 +6,8 @@ token). For every row, each word is deleted in turn and the L-inf change of the 
 keyword of) x its mean change; the top-scoring word is taken as the trigger and every row whose keywords include
 it is removed. The run then trains from the base model on the rest. It handles a single rare-word trigger; it
 cannot remove several triggers, nor sentence, syntactic or style triggers (it removes rows of one word).
-Deletions are batched across rows (the reference code puts all n deletions of a row in one batch).
+Deletions are batched across rows (the reference code puts all n deletions of a row in one batch), and each
+reads the tokens before its deleted word from the row's key/value cache (`variant_states`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import Field
 from ..data import Example
 from .base import Defense, DefenseConfig
 from .context import DefenseContext
-from .probe import last_prompt_states
+from .probe import variant_states
 from .registry import register
 from .scorers import ProbeSettings
 
@@ -40,18 +41,15 @@ class BKI(Defense):
     def keywords(self, examples: list[Example], context: DefenseContext) -> list[list[tuple[str, float]]]:
         """Each row's top words by the L-inf change of its representation when the word is deleted."""
         model, task = context.probe_model(self.config.probe, examples)
-        variants, spans = [], []
-        for ex in examples:
-            words = ex.text.split()
-            start = len(variants)
-            variants.append(ex)
-            variants += [replace(ex, text=" ".join(words[:i] + words[i + 1:])) for i in range(len(words))]
-            spans.append((start, len(variants)))
-        states = last_prompt_states(model, [task.encode_training(v) for v in variants], task.tokenizer.pad_token_id,
-                                    self.config.probe.layer, context.batch_size, context.device)
+        deletions = [[replace(ex, text=" ".join(words[:i] + words[i + 1:])) for i in range(len(words))]
+                     for ex in examples for words in [ex.text.split()]]
+        row_states, deletion_states = variant_states(
+            model, [task.encode_training(ex) for ex in examples],
+            [[task.encode_training(v) for v in row] for row in deletions], task.tokenizer.pad_token_id,
+            self.config.probe.layer, context.batch_size, context.device)
         out = []
-        for ex, (start, end) in zip(examples, spans, strict=True):
-            changes = (states[start + 1:end] - states[start]).abs().amax(dim=-1).tolist()
+        for ex, state, deleted in zip(examples, row_states, deletion_states, strict=True):
+            changes = (deleted - state).abs().amax(dim=-1).tolist()
             ranked = sorted(zip(ex.text.split(), changes, strict=True), key=lambda pair: -pair[1])
             out.append(ranked[: self.config.top_words])
         return out

@@ -9,6 +9,7 @@ share data and seed, train one probe. Reference-model scores are cached the same
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -59,6 +60,81 @@ def last_prompt_states(model, features: list[dict[str, list[int]]], pad_id: int,
     states = torch.cat(picked)
     states[order] = states.clone()  # back to the order of `features`
     return states
+
+
+def _prompt_ids(feature: dict[str, list[int]]) -> list[int]:
+    """The ids up to and including the last prompt token (a causal model's state there ignores the rest)."""
+    first_answer = next(t for t, label in enumerate(feature["labels"]) if label != -100)
+    return feature["input_ids"][:first_answer]
+
+
+@torch.no_grad()
+def variant_states(model, rows: list[dict[str, list[int]]], variants: list[list[dict[str, list[int]]]], pad_id: int,
+                   layer: int, batch_size: int, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The last-prompt-token state of `layer` (as in last_prompt_states) for each row and each of its variants.
+
+    A variant (the row with one word deleted, say) shares the row's tokens up to the first that differs; those
+    are read from the row's key/value cache instead of being computed again (a word-deletion sweep over SST-2
+    rows on SmolLM2: 1.7x faster). Variants are batched by the length of their own tokens, which sit after the
+    row's whole cache: the mask hides the cached positions a variant does not share and its position ids continue
+    from the shared prefix, so each variant sees exactly its own sequence."""
+    from transformers import DynamicCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+    # transformers renamed `past_key_values` to `cache` within 5.x; an unknown keyword would be silently ignored
+    cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    prompts = [_prompt_ids(f) for f in rows]
+    row_states = torch.zeros(0)
+    out: list[torch.Tensor] = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="hidden states", leave=False, disable=None):
+        chunk = prompts[start:start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):
+            ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1
+        result = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1,
+                       output_hidden_states=True, use_cache=True)
+        row_cache = result["cache"] if "cache" in result else result["past_key_values"]
+        last = torch.tensor([len(p) - 1 for p in chunk], device=device)
+        row_states = torch.cat([row_states, result.hidden_states[layer][torch.arange(len(chunk), device=device),
+                                                                         last].float().cpu()])
+        cached = [(layer_cache.keys, layer_cache.values) for layer_cache in row_cache.layers]
+        # (row in chunk, shared prefix length, the variant's own ids), for every variant of the chunk's rows
+        jobs = []
+        for i, p in enumerate(chunk):
+            for variant in variants[start + i]:
+                v = _prompt_ids(variant)
+                shared = next((t for t, (a, b) in enumerate(zip(p, v, strict=False)) if a != b), min(len(p), len(v)))
+                shared = min(shared, len(v) - 1)  # the last prompt token is always computed
+                jobs.append((i, shared, v[shared:]))
+        order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][2]))  # similar tails together: little padding
+        states = []
+        for job_start in range(0, len(jobs), batch_size):
+            batch = [jobs[j] for j in order[job_start:job_start + batch_size]]
+            rows_of = torch.tensor([i for i, _, _ in batch], device=device)
+            own = max(len(tail) for _, _, tail in batch)
+            tail_ids = torch.full((len(batch), own), pad_id, dtype=torch.long)
+            positions = torch.zeros((len(batch), own), dtype=torch.long)
+            full_mask = torch.zeros((len(batch), width + own), dtype=torch.long)
+            for j, (_, shared, tail) in enumerate(batch):
+                tail_ids[j, :len(tail)] = torch.tensor(tail)
+                positions[j] = shared + torch.arange(own)
+                full_mask[j, :shared] = 1
+                full_mask[j, width:width + len(tail)] = 1
+            cache = DynamicCache()
+            for index, (keys, values) in enumerate(cached):
+                cache.update(keys[rows_of], values[rows_of], index)
+            hidden = model(input_ids=tail_ids.to(device), attention_mask=full_mask.to(device),
+                           position_ids=positions.to(device), logits_to_keep=1, output_hidden_states=True,
+                           use_cache=True, **{cache_argument: cache}).hidden_states[layer]
+            last = torch.tensor([len(tail) - 1 for _, _, tail in batch], device=device)
+            states.append(hidden[torch.arange(len(batch), device=device), last].float().cpu())
+        flat = torch.cat(states) if states else torch.zeros(0, row_states.shape[-1])
+        flat[order] = flat.clone()  # back to the order of the jobs
+        sizes = [len(variants[start + i]) for i in range(len(chunk))]
+        out += list(flat.split(sizes))
+    return row_states, out
 
 
 def train_probe_model(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
