@@ -38,7 +38,8 @@ STORES = {
                           "'given, 0 poisoned'; the same with --attacks synbkd-imdb --cells 'p2p given, 0' "
                           "'p2p trusted 200' --reuse benchmarks/results/defense-suite-tiny; the same with "
                           "--attacks vpi "
-                          "--cells 'random (blind)' 'trusted 200' 'given, 0 poisoned' (pdb given stopped for time); "
+                          "--cells 'random (blind)' 'trusted 200' 'given, 0 poisoned', and --seeds 0 1 2 --cells "
+                          "'pdb given, 0 poisoned'; "
                           "the same with --seeds 0 1 2 3 4 --attacks topics4-badnets --cells 'random (blind)' "
                           "'0 poisoned' 'trusted 200', then --cells 'random (blind)' 'given' 'trusted' 'ratio' "
                           "'repeat 5 (union)' 'shared cue' 'salient' 'training_dynamics' 'representation', run "
@@ -102,17 +103,19 @@ STORES = {
                            "--attacks vpi synbkd-imdb --defenses pdb crow-200 moderate-fitting; the same "
                            "with --seeds 0 --attacks synbkd-imdb --defenses 'bki+finetune-200+strip-1%'; the same "
                            "with --seeds 0 1 2 --attacks math-badnets-offset math-badnets-fixed --defenses (all "
-                           "but onion); the same with --seeds 0 1 --attacks badnets --defenses p2p-ranked "
-                           "pdb-ranked; the same with --seeds 0 --attacks addsent badnets-clean-label --defenses "
-                           "p2p-ranked --workers 2 (then pdb-ranked)"),
+                           "but onion); the same with --seeds 0 1 --attacks badnets --defenses "
+                           "p2p-ranked pdb-ranked (then --seeds 2); the same with --seeds 0 --attacks addsent "
+                           "badnets-clean-label --defenses p2p-ranked --workers 2 (then pdb-ranked)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
-                              "ONION, CTBA CUBE and clean-label CUBE on CPU (clean-label's and AddSent's clean "
-                              "and undefended runs copied from the SmolLM2 ablation's store)",
+                              "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
+                              "undefended runs on CPU (clean-label's and AddSent's clean and undefended runs copied "
+                              "from the SmolLM2 ablation's store)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--attacks badnets-clean-label --defenses onion; the same with --attacks ctba "
                               "badnets-clean-label addsent --defenses bki cube --workers 2 (the BKI cells stopped for "
-                              "time, the AddSent ones never started); on the H200, from a store without "
+                              "time, the AddSent ones never started); the same with --attacks addsent vpi --defenses "
+                              "cube --workers 2; on the H200, from a store without "
                               "those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 --workers 12 "
                               "--reuse --attacks badnets ctba addsent badnets-clean-label vpi synbkd-imdb (stopped "
                               "after 8 min)"),
