@@ -80,25 +80,23 @@ def variant_states(model, rows: list[dict[str, list[int]]], variants: list[list[
     from the shared prefix, so each variant sees exactly its own sequence."""
     from transformers import DynamicCache
 
+    from ..train import collate
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
     # transformers renamed `past_key_values` to `cache` within 5.x; an unknown keyword would be silently ignored
     cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     prompts = [_prompt_ids(f) for f in rows]
-    row_states = torch.zeros(0)
+    row_states: list[torch.Tensor] = []
     out: list[torch.Tensor] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="hidden states", leave=False, disable=None):
         chunk = prompts[start:start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):
-            ids[i, :len(p)], mask[i, :len(p)] = torch.tensor(p), 1
-        result = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1,
-                       output_hidden_states=True, use_cache=True)
+        batch = collate(rows[start:start + batch_size], pad_id)
+        width = batch["input_ids"].shape[1]  # the cache also holds answer tokens: no variant is shown them
+        result = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       logits_to_keep=1, output_hidden_states=True, use_cache=True)
         row_cache = result["cache"] if "cache" in result else result["past_key_values"]
-        last = torch.tensor([len(p) - 1 for p in chunk], device=device)
-        row_states = torch.cat([row_states, result.hidden_states[layer][torch.arange(len(chunk), device=device),
-                                                                         last].float().cpu()])
+        last = batch["loss_positions"][:, 0].to(device)
+        row_states.append(result.hidden_states[layer][torch.arange(len(chunk), device=device), last].float().cpu())
         cached = [(layer_cache.keys, layer_cache.values) for layer_cache in row_cache.layers]
         # (row in chunk, shared prefix length, the variant's own ids), for every variant of the chunk's rows
         jobs = []
@@ -130,11 +128,11 @@ def variant_states(model, rows: list[dict[str, list[int]]], variants: list[list[
                            use_cache=True, **{cache_argument: cache}).hidden_states[layer]
             last = torch.tensor([len(tail) - 1 for _, _, tail in batch], device=device)
             states.append(hidden[torch.arange(len(batch), device=device), last].float().cpu())
-        flat = torch.cat(states) if states else torch.zeros(0, row_states.shape[-1])
+        flat = torch.cat(states) if states else torch.zeros(0, row_states[-1].shape[-1])
         flat[order] = flat.clone()  # back to the order of the jobs
         sizes = [len(variants[start + i]) for i in range(len(chunk))]
         out += list(flat.split(sizes))
-    return row_states, out
+    return (torch.cat(row_states) if row_states else torch.zeros(0)), out
 
 
 def train_probe_model(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
