@@ -25,7 +25,14 @@ from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
 from .defenses import DefenseContext, MissingRequirement, build_defense
-from .defenses.probe import cached_probe, cached_scores, cached_text_scores, train_probe, train_probe_model
+from .defenses.probe import (
+    cached_probe,
+    cached_scores,
+    cached_text_scores,
+    content_key,
+    train_probe,
+    train_probe_model,
+)
 from .evaluate import auroc, compare, evaluate, summarize
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .models import ModelConfig, load_base_model, save_trained, training_precision
@@ -265,8 +272,10 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
         return load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
 
     def probe_model(settings, rows):
+        key = content_key(rows, {"settings": settings.model_dump(mode="json"), **identity})
         return train_probe_model(rows, settings, config.task, load_probe_base, config.train, learning_rate,
-                                 config.seed, device, mixed_precision=mixed_precision)
+                                 config.seed, device, mixed_precision=mixed_precision,
+                                 weights_path=cache_root() / "probe-models" / f"{key}.pt")
 
     def probe_statistics(settings, rows):
         return cached_probe(cache_root() / "probes", rows, settings, identity,

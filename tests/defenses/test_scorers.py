@@ -7,7 +7,13 @@ import torch
 
 from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
 from p2pdefense.defenses import DefenseContext
-from p2pdefense.defenses.probe import ProbeStats, cached_probe, last_prompt_states, variant_states
+from p2pdefense.defenses.probe import (
+    ProbeStats,
+    cached_probe,
+    last_prompt_states,
+    train_probe_model,
+    variant_states,
+)
 from p2pdefense.defenses.scorers import (
     EnsembleConfig,
     RepresentationConfig,
@@ -152,6 +158,42 @@ def test_probe_statistics_are_cached_per_rows_and_settings(tmp_path):
     assert len(calls) == 1 and second.margins == first.margins and torch.equal(second.states, first.states)
     cached_probe(tmp_path, rows, settings, {"seed": 1}, compute)  # another seed: another probe
     assert len(calls) == 2
+
+
+def test_a_probe_models_weights_are_cached_and_read_back_instead_of_training(tmp_path, monkeypatch):
+    from p2pdefense import train as train_module
+    from p2pdefense.compute import counting_compute
+    from p2pdefense.models import ModelConfig, load_base_model
+    from p2pdefense.train import TrainConfig
+
+    task_config = ClassificationConfig()
+    rows = synthetic_sentiment(48, seed=5)
+    corpus = [task_config.corpus_text(ex) for ex in rows] + ["Output: 0", "Output: 1"]
+    small = {"vocab_size": 300, "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+    model_config = ModelConfig(tiny=small, dtype="float32")
+    settings = TrainingDynamicsConfig().probe
+    path = tmp_path / "probe.pt"
+
+    def probe(config=model_config):
+        return train_probe_model(rows, settings, task_config, lambda: load_base_model(config, corpus, seed=0),
+                                 TrainConfig(epochs=1, batch_size=16), 3e-3, 0, "cpu", weights_path=path)
+
+    with counting_compute() as trained_cost:
+        trained, trained_task = probe()
+    assert path.exists() and trained_cost.backward_tokens > 0
+    untrained, _ = load_base_model(model_config, corpus, seed=0)
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a cached probe was trained again"))
+    with counting_compute() as cached_cost:
+        loaded, task = probe()
+    assert cached_cost.backward_tokens == 0 and cached_cost.cached_flops == pytest.approx(trained_cost.flops)
+    for (name, value), again in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(value, again), name
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), untrained.state_dict().values()))
+    assert not loaded.training
+    assert task.margins(loaded, rows, 16, "cpu")[0] == trained_task.margins(trained, rows, 16, "cpu")[0]
+    # weights of another architecture are refused, not half-loaded
+    with pytest.raises(ValueError, match="do not match"):
+        probe(ModelConfig(tiny={**small, "num_layers": 2}, dtype="float32"))
 
 
 def test_reference_scores_are_cached_by_rows_and_settings(sentiment_reference, tmp_path):

@@ -85,7 +85,8 @@ class DefenseContext:
         return self.text_score_cache(texts, settings, compute)
 
     def probe_model(self, settings, rows: list[Example]) -> tuple[Any, Any]:
-        """(model, task): a probe model trained on `rows` now (not cached), for defenses that query it."""
+        """(model, task): a probe model trained on `rows`, for defenses that query it (its weights cached per rows,
+        seed and configuration, like the statistics)."""
         if self.probe_model_source is None:
             raise MissingRequirement("this defense needs a probe model, which this run cannot train")
         return self.probe_model_source(settings, rows)

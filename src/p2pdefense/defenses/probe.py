@@ -3,7 +3,9 @@
 Its per-row statistics feed blind scorers and data filters: the margin of each row's given answer after every
 epoch (training dynamics) and the hidden state at each row's last prompt token (representations). Statistics
 are cached on disk per rows, seed and configuration, so the scorers of one run, and the runs of a grid that
-share data and seed, train one probe. Reference-model scores are cached the same way, by rows or by text.
+share data and seed, train one probe; so are the weights of a probe that a defense queries itself (BKI), so a
+run killed after its probe trained does not train it again. Reference-model scores are cached the same way, by
+rows or by text.
 """
 
 from __future__ import annotations
@@ -138,23 +140,52 @@ def variant_states(model, rows: list[dict[str, list[int]]], variants: list[list[
 def train_probe_model(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
                       learning_rate: float, seed: int, device,
                       on_epoch_end: Callable[[object, object, int], None] | None = None,
-                      mixed_precision: str = "no") -> tuple:
+                      mixed_precision: str = "no", weights_path: Path | None = None) -> tuple:
     """(model, task): the base model trained on `rows` with the task's own output space.
-    on_epoch_end(model, task, epoch) sees it after every epoch; mixed_precision: the run's (see make_accelerator)."""
+    on_epoch_end(model, task, epoch) sees it after every epoch; mixed_precision: the run's (see make_accelerator);
+    weights_path: a cache of the trained weights (the trainable parameters: a LoRA probe's adapter), read instead
+    of training when present, else written after training."""
     from ..train import make_accelerator, train
 
+    if weights_path is not None and on_epoch_end is not None:
+        raise ValueError("a cached probe model has no epochs to show on_epoch_end")
     model, tokenizer = load_model()
     task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), train_config.max_length)
+    if weights_path is not None and weights_path.exists():
+        _load_trainable(model, weights_path)
+        model.eval()
+        return model, task
     features = [task.encode_training(ex) for ex in rows]
     probe_config = train_config.model_copy(update={"epochs": settings.epochs, "select_best_epoch": False})
     flooded = None
     if settings.loss == "flooded":  # rows learned below gamma are pushed back up: only fast shortcuts stay low
         def flooded(loss):
             return torch.sign(loss - settings.gamma) * loss
-    train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate, seed,
-          accelerator=make_accelerator(probe_config, mixed_precision), loss_transform=flooded,
-          on_epoch_end=None if on_epoch_end is None else lambda m, epoch: on_epoch_end(m, task, epoch))
+    with counting_compute() as spent:
+        train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate, seed,
+              accelerator=make_accelerator(probe_config, mixed_precision), loss_transform=flooded,
+              on_epoch_end=None if on_epoch_end is None else lambda m, epoch: on_epoch_end(m, task, epoch))
+    if weights_path is not None:
+        buffer = io.BytesIO()
+        torch.save({"weights": {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad},
+                    "flops": torch.tensor(spent.flops + spent.cached_flops, dtype=torch.float64)}, buffer)
+        write_bytes_atomic(weights_path, buffer.getvalue())
     return model, task
+
+
+def _load_trainable(model, path: Path) -> None:
+    """Copy a cached probe's trainable parameters into a freshly loaded base model; every one must fit."""
+    saved = torch.load(path, weights_only=True)
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    if set(saved["weights"]) != expected:
+        raise ValueError(f"{path}: the cached probe's parameters do not match this model's trainable ones "
+                         f"({len(set(saved['weights']) ^ expected)} names differ); delete the file to retrain")
+    with torch.no_grad():
+        for name, value in saved["weights"].items():
+            params[name].copy_(value)
+    log.info("probe model from %s", path)
+    credit_cached(float(saved["flops"]))
 
 
 def train_probe(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
