@@ -118,9 +118,17 @@ def _mean(values: list) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _judged(name: str, gap: float, drop: float, seeds: int) -> str:
-    return (f"{name} (ASR {100 * gap:+.1f} over floor, CA drop {100 * drop:.1f}, "
-            f"{seeds} seed{'s' if seeds != 1 else ''})")
+def _judged(name: str, gap: float, drop: float, seeds: int, triggered: tuple[float, float] | None,
+            rejected: float | None) -> str:
+    """triggered: the defense's accuracy on triggered inputs and the clean model's on the same seeds (a low ASR
+    with a low triggered accuracy is the target's answer flipped or withheld, not the true answer back);
+    rejected: the share of triggered inputs a detector withheld."""
+    shown = [f"ASR {100 * gap:+.1f} over floor", f"CA drop {100 * drop:.1f}"]
+    if triggered is not None:
+        shown.append(f"triggered acc. {100 * triggered[0]:.1f} vs the clean model's {100 * triggered[1]:.1f}")
+    if rejected:
+        shown.append(f"{100 * rejected:.1f}% of triggered inputs rejected")
+    return f"{name} ({', '.join(shown)}, {seeds} seed{'s' if seeds != 1 else ''})"
 
 
 def suite_table(bench_dir) -> str:
@@ -166,13 +174,16 @@ def suite_table(bench_dir) -> str:
             if a != attack:
                 continue
             ms = [r["metrics"] for r in members]
-            drops, gaps, floors, costs, computes = [], [], [], [], []
+            drops, gaps, floors, costs, computes, triggered = [], [], [], [], [], []
             for r in members:
                 clean = refs.get((attack, "clean", r["config"]["seed"]))
                 if clean is not None and clean.get("asr") is not None:
                     floors.append(clean["asr"])
                     if r["metrics"].get("asr") is not None:
                         gaps.append(r["metrics"]["asr"] - clean["asr"])
+                if clean is not None and None not in (r["metrics"].get("triggered_accuracy"),
+                                                      clean.get("triggered_accuracy")):
+                    triggered.append((r["metrics"]["triggered_accuracy"], clean["triggered_accuracy"]))
                 u = refs.get((attack, "undefended", r["config"]["seed"]))
                 if u is not None:
                     drops.append(u["ca"] - r["metrics"]["ca"])
@@ -195,7 +206,9 @@ def suite_table(bench_dir) -> str:
                 f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "
                 f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")
             if gap is not None and drop is not None and name != "moderate-fitting":
-                candidates.append((name, gap, drop, len(gaps)))
+                paired = (_mean([d for d, _ in triggered]), _mean([c for _, c in triggered])) if triggered else None
+                candidates.append((name, gap, drop, len(gaps), paired,
+                                   _mean([m.get("rejection_rate_triggered") for m in ms])))
         lines.append("")
         # generation: the attacker's output without a trigger (a leaked backdoor that a low ASR would not show)
         leaks = [("undefended", und)] + [(name, [r["metrics"] for r in members])

@@ -55,10 +55,13 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
             "3.00 | 3.00 |") in table
     assert "| costly | 2 | 70.0 ± 0.0 | 15.0 ± 7.1 |" in table
     verdicts = table.split("## Which defense for which threat")[1]
-    assert "| badnets | good (ASR +4.0 over floor, CA drop 1.0, 2 seeds) | yes |" in verdicts
+    # beside each verdict, accuracy on triggered inputs against the clean model's (1 - ASR in these rows)
+    assert ("| badnets | good (ASR +4.0 over floor, CA drop 1.0, triggered acc. 81.0 vs the clean model's 85.0, "
+            "2 seeds) | yes |") in verdicts
     assert "costly" not in verdicts
     # none meets it for addsent: the closest defense with a CA drop of at most 1.5 points
-    assert "| addsent | closest: half (ASR +40.0 over floor, CA drop 0.0, 2 seeds) | no |" in verdicts
+    assert ("| addsent | closest: half (ASR +40.0 over floor, CA drop 0.0, triggered acc. 50.0 vs the clean "
+            "model's 90.0, 2 seeds) | no |") in verdicts
     assert ("| ctba | none to judge: the attack took on 0 of 2 seeds (undefended ASR 15.0 ± 0.0 against a floor "
             "of 10.0 ± 0.0) | n/a |") in verdicts
     assert "| vpi | none to judge: the attack took on 1 of 2 seeds (undefended ASR 40.0 ± 42.4" in verdicts
@@ -73,7 +76,25 @@ def test_a_defense_run_on_fewer_seeds_is_judged_against_the_floor_of_its_own_see
     store.append(row("badnets | one-seed", 1, 0.80, 0.33))
     table = defense_suite.suite_table(tmp_path)
     assert "| one-seed | 1 | 80.0 ± 0.0 | 33.0 ± 0.0 | 30.0 ± 0.0 |" in table
-    assert "| badnets | one-seed (ASR +3.0 over floor, CA drop 0.0, 1 seed) | yes |" in table
+    assert ("| badnets | one-seed (ASR +3.0 over floor, CA drop 0.0, triggered acc. 67.0 vs the clean model's "
+            "70.0, 1 seed) | yes |") in table  # the clean model of seed 1 only
+
+
+def test_a_verdict_shows_when_a_low_asr_is_a_flipped_or_withheld_answer(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(row("badnets | p2p (clean)", 0, 0.90, 0.10))
+    store.append(row("badnets | p2p (undefended)", 0, 0.90, 1.00))
+    flipped = row("badnets | permutation", 0, 0.89, 0.0)
+    flipped["metrics"]["triggered_accuracy"] = 0.5  # the non-target label, in a binary task: not a repair
+    store.append(flipped)
+    detector = row("badnets | detector", 0, 0.89, 0.02)
+    detector["metrics"].update(triggered_accuracy=0.01, rejection_rate_triggered=0.97, rejection_rate_clean=0.01)
+    store.append(detector)
+    verdicts = defense_suite.suite_table(tmp_path).split("## Which defense for which threat")[1]
+    assert "permutation (ASR -10.0 over floor, CA drop 1.0, triggered acc. 50.0 vs the clean model's 90.0, 1 seed)" \
+        in verdicts
+    assert ("detector (ASR -8.0 over floor, CA drop 1.0, triggered acc. 1.0 vs the clean model's 90.0, 97.0% of "
+            "triggered inputs rejected, 1 seed)") in verdicts
 
 
 def test_a_generation_attack_shows_the_attackers_output_on_clean_inputs(tmp_path):
