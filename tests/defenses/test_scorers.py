@@ -186,9 +186,10 @@ def test_a_probe_models_weights_are_cached_and_read_back_instead_of_training(tmp
     with counting_compute() as cached_cost:
         loaded, task = probe()
     assert cached_cost.backward_tokens == 0 and cached_cost.cached_flops == pytest.approx(trained_cost.flops)
-    for (name, value), again in zip(trained.state_dict().items(), loaded.state_dict().values()):
-        assert torch.equal(value, again), name
-    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), untrained.state_dict().values()))
+    saved, read_back, initial = trained.state_dict(), loaded.state_dict(), untrained.state_dict()
+    assert saved.keys() == read_back.keys() == initial.keys()
+    assert all(torch.equal(saved[name], read_back[name]) for name in saved)
+    assert any(not torch.equal(saved[name], initial[name]) for name in saved)  # training changed something
     assert not loaded.training
     assert task.margins(loaded, rows, 16, "cpu")[0] == trained_task.margins(trained, rows, 16, "cpu")[0]
     # weights of another architecture are refused, not half-loaded
