@@ -286,7 +286,11 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
         return cached_scores(cache_root() / "scores", rows, {**settings, **identity}, compute)
 
     def text_score_cache(texts, settings, compute):
-        return cached_text_scores(cache_root() / "text-scores", texts, {**settings, **identity}, compute)
+        # a named reference (SmolLM2, a hub id, a path) scores a text the same for every run, seed and model that
+        # loads it the same way; only the run's own base model ("base") makes the scores the run's
+        reference = settings.get("reference", "base")
+        owner = identity if reference == "base" else {"reference_dtype": config.model.dtype, "numerics": numerics}
+        return cached_text_scores(cache_root() / "text-scores", texts, {**settings, **owner}, compute)
 
     return DefenseContext(
         seed=config.seed, task_config=config.task, dev=[ex.blinded() for ex in splits.dev],

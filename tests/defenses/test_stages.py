@@ -114,6 +114,27 @@ def test_a_reference_that_cannot_load_fails_before_any_training(tmp_path, monkey
 
 
 
+def test_a_named_references_text_scores_are_shared_across_seeds_and_models_the_bases_are_not(tmp_path,
+                                                                                             monkeypatch):
+    monkeypatch.setenv("P2P_CACHE_DIR", str(tmp_path / "cache"))
+    scored: list[str] = []
+
+    def score(texts):
+        scored.extend(texts)
+        return [len(t) for t in texts]
+
+    def context(*overrides):
+        config = load_config(None, [*SMALL, *overrides, f"output_dir={tmp_path}"])
+        return pipeline.defense_context(config, pipeline.load_splits(config), [], 1e-3, None, "cpu")
+
+    for reference in ("smollm2-135m", "base"):
+        scored.clear()
+        for overrides in ([], ["seed=1"], ["model.tiny.hidden_size=48"]):  # another seed, another model
+            assert context(*overrides).cached_text_scores(["a b", "c"], {"reference": reference}, score) == [3, 1]
+        # the named reference scored each text once; the run's base model is another model on each run
+        assert scored == (["a b", "c"] if reference != "base" else ["a b", "c"] * 3)
+
+
 def test_runs_of_a_grid_share_the_reference_scores_of_their_common_texts(tmp_path, monkeypatch):
     """ONION with the run's base model: another attack on the same seed scores only its new (triggered) inputs."""
     import p2pdefense.defenses.onion as onion_module
