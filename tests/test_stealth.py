@@ -72,6 +72,26 @@ def test_pipeline_uses_a_separate_reference_model_when_asked(lm, tmp_path):
     assert ref["stealth"]["ppl_clean_mean"] == pytest.approx(expected["ppl_clean_mean"], rel=1e-4)
 
 
+def test_the_stealth_report_is_measured_once_per_attack_rows_and_reference_model(tmp_path, monkeypatch):
+    from p2pdefense import pipeline
+    from p2pdefense.config import load_config
+
+    monkeypatch.setenv("P2P_CACHE_DIR", str(tmp_path / "cache"))
+    measured = []
+    monkeypatch.setattr(pipeline, "stealth_report", lambda *args: measured.append(1) or stealth_report(*args))
+    common = ["attack.name=badnets", "attack.rate=0.1", "data.synthetic.train_rows=60", "data.synthetic.test_rows=20",
+              "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300", f"output_dir={tmp_path}"]
+    _, first = pipeline.run(load_config(None, [*common, "defense.name=none", "name=a"]))
+    _, again = pipeline.run(load_config(None, [*common, "defense.name=none", "name=b"]))  # another run, same rows
+    assert len(measured) == 1 and again["stealth"] == first["stealth"]
+    assert first["stealth"]["num_changed_inputs"] == 5
+    # P2P's prompt joins the tiny tokenizer's corpus: another base model, measured again
+    pipeline.run(load_config(None, [*common, "defense.name=p2p", "name=c"]))
+    # so does another attack on the same rows
+    pipeline.run(load_config(None, [*common, "defense.name=none", "attack.triggers=[cf]", "name=d"]))
+    assert len(measured) == 3
+
+
 def _clean_and_attacked(overrides):
     from p2pdefense.attacks import build_attack
     from p2pdefense.config import load_config

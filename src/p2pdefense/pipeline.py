@@ -6,6 +6,7 @@ poison: the floor of how often the trigger alone flips a model) and the undefend
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -175,6 +176,25 @@ def load_reference(name: str, config: RunConfig, tokenizer_texts: list[str] | No
                                        tiny_tokenizer=tiny_tokenizer)
     model.eval()
     return model, tokenizer
+
+
+def attack_stealth(config: RunConfig, clean: list[Example], poisoned: list[Example], corpus: list[str], model,
+                   tokenizer, numerics: dict, batch_size: int, device) -> dict:
+    """The attack's stealth report (stealth.py), cached by the training rows before and after the attack and the
+    reference model: it does not depend on the defense, so the defenses of one attack and seed in a grid (and a
+    resumed run) measure it once (6 minutes a run for SmolLM2-135M on a CPU core)."""
+    def measure() -> dict:
+        reference, reference_tokenizer = model, tokenizer
+        if config.stealth_reference is not None:
+            reference, reference_tokenizer = load_reference(config.stealth_reference, config, corpus, device)
+        return stealth_report(reference, reference_tokenizer, clean, poisoned, batch_size, device)
+
+    parts = {"stealth_reference": config.stealth_reference, "model": config.model.model_dump(mode="json"),
+             "seed": config.seed, "numerics": numerics}
+    if config.model.preset == "tiny":  # its base model's tokenizer is trained on this corpus
+        parts["tokenizer_corpus"] = hashlib.sha256("\0".join(corpus).encode("utf-8", "surrogatepass")).hexdigest()
+    report = cached_scores(cache_root() / "stealth", clean + poisoned, parts, measure)
+    return {**report, "reference": config.stealth_reference or "base model"}
 
 
 def trusted_loader(config: RunConfig, holdout: list[Example]):
@@ -362,12 +382,8 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
     mark = lap("load_model", mark)
     stealth = None
     if config.stealth_report:
-        reference, reference_tokenizer = model, tokenizer
-        if config.stealth_reference is not None:
-            reference, reference_tokenizer = load_reference(config.stealth_reference, config, corpus, device)
-        stealth = stealth_report(reference, reference_tokenizer, splits.train, poisoned, batch, device)
-        stealth["reference"] = config.stealth_reference or "base model"
-        del reference
+        stealth = attack_stealth(config, splits.train, poisoned, corpus, model, tokenizer,
+                                 {"device": torch.device(device).type, "dtype": str(load_dtype)}, batch, device)
         mark = lap("stealth", mark)
     task = config.task.build(tokenizer, defense.output_space, config.train.max_length)
     context.task = task
