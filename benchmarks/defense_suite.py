@@ -37,7 +37,7 @@ from common import (  # benchmarks/common.py
 )
 
 from p2pdefense.bench import GridSpec, NamedCell, expand
-from p2pdefense.compute import compute_ratio
+from p2pdefense.compute import compute_ratio, wall_ratio
 from p2pdefense.config import validate_config
 from p2pdefense.defenses import DEFENSES as REGISTRY
 from p2pdefense.pipeline import vocabulary_strings
@@ -157,7 +157,7 @@ def suite_table(bench_dir) -> str:
              "removed: the share of a filter's removed rows that were poisoned, and of the poison it removed; "
              "wall: wall time (noisy: runs shared two CPU cores, or one GPU with up to 17 other runs); both "
              "against the undefended run "
-             "of the same seed. A rejected input is neither correct nor an attack success. The moderate-fitting "
+             "of the same seed, leaving out runs resumed from a checkpoint (they counted only their last process). A rejected input is neither correct nor an attack success. The moderate-fitting "
              "row is no defense, trained less (a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):
@@ -187,7 +187,8 @@ def suite_table(bench_dir) -> str:
                 u = refs.get((attack, "undefended", r["config"]["seed"]))
                 if u is not None:
                     drops.append(u["ca"] - r["metrics"]["ca"])
-                    costs.append(r["metrics"].get("wall_seconds", 0) / max(u.get("wall_seconds") or 1e-9, 1e-9))
+                    if (ratio := wall_ratio(r["metrics"], u)) is not None:
+                        costs.append(ratio)
                     if (ratio := compute_ratio(r["metrics"], u)) is not None:
                         computes.append(ratio)
             # what a filter removed, joined after the fact (from counts: runs before removal_precision have them)

@@ -19,7 +19,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .compute import compute_ratio
+from .compute import compute_ratio, wall_ratio
 from .config import flatten, validate_config
 from .io import write_text_atomic
 from .store import ResultsStore
@@ -129,7 +129,7 @@ class Report:
                 if undefended is not None and role(r["config"]) == "defended":
                     u = undefended["metrics"]
                     drops.append(u["ca"] - r["metrics"]["ca"])
-                    cost.append(r["metrics"].get("wall_seconds", 0) / max(u.get("wall_seconds") or 1e-9, 1e-9))
+                    cost.append(wall_ratio(r["metrics"], u))
                     compute.append(compute_ratio(r["metrics"], u))
                     floor = clean["metrics"].get("asr") if clean is not None else None
                     if None not in (floor, u.get("asr"), r["metrics"].get("asr")) and u["asr"] > floor:
@@ -167,7 +167,8 @@ def markdown(report: Report, title: str, plots: list[Path]) -> str:
     lines += ["| " + " | ".join(_cells(e)) + " |" for e in report.table()]
     lines += ["", "ASR: triggered inputs whose true label is not the target, counted in either label space. Floor: "
               "the clean reference (same data, attack at rate 0, no defense). Reduction over floor: (ASR_undef - "
-              "ASR_def) / (ASR_undef - floor), per seed. Cost: wall time against the undefended run.", ""]
+              "ASR_def) / (ASR_undef - floor), per seed. Cost: estimated FLOPs and wall time against the undefended run "
+              "(runs resumed from a checkpoint left out: they counted only their last process).", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

@@ -74,11 +74,26 @@ def counting_compute():
         _active[:] = [other for other in _active if other is not count]  # equal counts are distinct blocks
 
 
+def _resumed(metrics: dict) -> bool:
+    """A run continued from an epoch checkpoint counted only the work of its last process (time and FLOPs)."""
+    return bool(metrics.get("resumed_from_epoch"))
+
+
 def compute_ratio(metrics: dict, reference: dict) -> float | None:
     """A run's estimated FLOPs, work served from caches included, over a reference run's (None where either run
-    predates the count)."""
+    predates the count, or resumed from a checkpoint: its count is partial)."""
+    if _resumed(metrics) or _resumed(reference):
+        return None
     flops, reference_flops = (total_flops(m) for m in (metrics, reference))
     return flops / reference_flops if flops and reference_flops else None
+
+
+def wall_ratio(metrics: dict, reference: dict) -> float | None:
+    """A run's wall time over a reference run's (None where either lacks it or resumed from a checkpoint)."""
+    if _resumed(metrics) or _resumed(reference) or not metrics.get("wall_seconds") or \
+            not reference.get("wall_seconds"):
+        return None
+    return metrics["wall_seconds"] / reference["wall_seconds"]
 
 
 def total_flops(metrics: dict) -> float | None:
