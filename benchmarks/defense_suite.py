@@ -156,9 +156,9 @@ def suite_table(bench_dir) -> str:
              "(p2pdefense/compute.py; blank for runs that predate the count); "
              "removed: the share of a filter's removed rows that were poisoned, and of the poison it removed; "
              "wall: wall time (noisy: runs shared two CPU cores, or one GPU with up to 17 other runs); both "
-             "against the undefended run "
-             "of the same seed, leaving out runs resumed from a checkpoint (they counted only their last "
-             "process). A rejected input is neither correct nor an attack success. The moderate-fitting "
+             "against the undefended run of the same seed, leaving out runs resumed from a checkpoint (they "
+             "counted only their last process) and, for wall time, runs on another kind of device than their "
+             "undefended run. A rejected input is neither correct nor an attack success. The moderate-fitting "
              "row is no defense, trained less (a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):

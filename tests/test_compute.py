@@ -83,3 +83,7 @@ def test_a_run_resumed_from_a_checkpoint_has_no_cost_ratio():
     assert compute_ratio(resumed, undefended) is None and wall_ratio(resumed, undefended) is None
     assert compute_ratio(whole, resumed) is None and wall_ratio(whole, resumed) is None
     assert wall_ratio({"compute": {"flops": 1.0}}, undefended) is None  # a run from before wall time was kept
+    # a CPU run against the undefended run on a GPU: FLOPs compare, seconds do not
+    on_gpu = {**undefended, "provenance": {"device": "cuda:0"}}
+    assert wall_ratio(whole, on_gpu) is None and compute_ratio(whole, on_gpu) == 4.0
+    assert wall_ratio({**whole, "provenance": {"device": "cuda:3"}}, on_gpu) == 2.5

@@ -88,10 +88,15 @@ def compute_ratio(metrics: dict, reference: dict) -> float | None:
     return flops / reference_flops if flops and reference_flops else None
 
 
+def _device_kind(metrics: dict) -> str:
+    return str((metrics.get("provenance") or {}).get("device", "cpu")).split(":")[0]
+
+
 def wall_ratio(metrics: dict, reference: dict) -> float | None:
-    """A run's wall time over a reference run's (None where either lacks it or resumed from a checkpoint)."""
+    """A run's wall time over a reference run's (None where either lacks it or resumed from a checkpoint, or where
+    they ran on different kinds of device: a CPU run against a GPU one measures the machines)."""
     if _resumed(metrics) or _resumed(reference) or not metrics.get("wall_seconds") or \
-            not reference.get("wall_seconds"):
+            not reference.get("wall_seconds") or _device_kind(metrics) != _device_kind(reference):
         return None
     return metrics["wall_seconds"] / reference["wall_seconds"]
 
