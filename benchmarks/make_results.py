@@ -109,13 +109,17 @@ STORES = {
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
                               "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
-                              "undefended runs on CPU (clean-label's and AddSent's clean and undefended runs copied "
-                              "from the SmolLM2 ablation's store)",
+                              "undefended runs on CPU; seed 1: CUBE on CTBA and AddSent (CPU); the clean and "
+                              "undefended runs of clean-label BadNets, AddSent and CTBA seed 1, and the P2P/PDB "
+                              "cells of AddSent and clean-label BadNets, copied from the SmolLM2 ablation's store",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--attacks badnets-clean-label --defenses onion; the same with --attacks ctba "
                               "badnets-clean-label addsent --defenses bki cube --workers 2 (the BKI cells stopped for "
                               "time, the AddSent ones never started); the same with --attacks addsent vpi --defenses "
-                              "cube --workers 2; on the H200, from a store without "
+                              "cube --workers 2; the same with --attacks addsent badnets-clean-label ctba --defenses "
+                              "p2p p2p-ranked pdb pdb-ranked pdb-trusted-200 (copies only); python "
+                              "benchmarks/defense_suite.py --model smollm2 --seeds 1 --attacks ctba --defenses cube "
+                              "(and --attacks addsent, one at a time, two at once); on the H200, from a store without "
                               "those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 --workers 12 "
                               "--reuse --attacks badnets ctba addsent badnets-clean-label vpi synbkd-imdb (stopped "
                               "after 8 min)"),
