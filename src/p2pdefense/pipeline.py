@@ -30,7 +30,7 @@ from .defenses.probe import (
     cached_probe,
     cached_scores,
     cached_text_scores,
-    content_key,
+    probe_key,
     train_probe,
     train_probe_model,
 )
@@ -182,7 +182,7 @@ def attack_stealth(config: RunConfig, clean: list[Example], poisoned: list[Examp
                    tokenizer, numerics: dict, batch_size: int, device) -> dict:
     """The attack's stealth report (stealth.py), cached by the training rows before and after the attack and the
     reference model: it does not depend on the defense, so the defenses of one attack and seed in a grid (and a
-    resumed run) measure it once (6 minutes a run for SmolLM2-135M on a CPU core)."""
+    resumed run) measure it once (4-7 minutes a run for SmolLM2-135M on a CPU core)."""
     def measure() -> dict:
         reference, reference_tokenizer = model, tokenizer
         if config.stealth_reference is not None:
@@ -292,10 +292,9 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
         return load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
 
     def probe_model(settings, rows):
-        key = content_key(rows, {"settings": settings.model_dump(mode="json"), **identity})
+        weights = cache_root() / "probe-models" / f"{probe_key(rows, settings, identity)}.pt"
         return train_probe_model(rows, settings, config.task, load_probe_base, config.train, learning_rate,
-                                 config.seed, device, mixed_precision=mixed_precision,
-                                 weights_path=cache_root() / "probe-models" / f"{key}.pt")
+                                 config.seed, device, mixed_precision=mixed_precision, weights_path=weights)
 
     def probe_statistics(settings, rows):
         return cached_probe(cache_root() / "probes", rows, settings, identity,

@@ -212,10 +212,16 @@ def content_key(rows: list[Example], parts: dict) -> str:
     return digest.hexdigest()[:20]
 
 
+def probe_key(rows: list[Example], settings, identity: dict) -> str:
+    """The cache key of a probe (its statistics and its weights): the rows, the probe settings and the run's
+    identity (model, task, training configuration, seed, numerics)."""
+    return content_key(rows, {"settings": settings.model_dump(mode="json"), **identity})
+
+
 def cached_probe(cache_dir: Path, rows: list[Example], settings, identity: dict,
                  compute: Callable[[], ProbeStats]) -> ProbeStats:
     """identity: the run's model, task, training configuration and seed."""
-    path = cache_dir / f"{content_key(rows, {'settings': settings.model_dump(mode='json'), **identity})}.pt"
+    path = cache_dir / f"{probe_key(rows, settings, identity)}.pt"
     if path.exists():
         saved = torch.load(path, weights_only=True)
         log.info("probe statistics from %s", path)
