@@ -117,6 +117,29 @@ def test_report_tables_come_from_the_store(tmp_path):
     assert (tmp_path / "results.html").read_text().count("data:image/png;base64,") == len(written) - 2
 
 
+def test_the_heatmap_has_a_row_per_named_variant_and_a_column_per_attack():
+    def cell_row(seed, defense, asr, cell, defense_settings=(), train_settings=()):
+        r = row(seed, defense, 0.1, 0.8, asr, 10)
+        r["cell"], r["hash"] = cell, f"{cell}-{seed}"
+        r["config"]["defense"].update(defense_settings)
+        r["config"]["train"].update(train_settings)
+        return r
+
+    rows = [cell_row(s, "none", 1.0 - s / 10, f"badnets | p2p, seed={s} (undefended)") for s in (0, 1)]
+    rows += [cell_row(0, "p2p", 0.9, "badnets | p2p, seed=0"), cell_row(1, "p2p", 0.7, "badnets | p2p, seed=1"),
+             cell_row(0, "p2p", 0.2, "badnets | p2p-trusted, seed=0", defense_settings={"ratio": 0.5}),
+             cell_row(0, "none", 0.5, "badnets | moderate-fitting, seed=0 (undefended)",
+                      train_settings={"epochs": 3}),
+             cell_row(0, "p2p", 0.4, "ctba | p2p, seed=0"), cell_row(0, "none", 0.1, "badnets | p2p, seed=0 (clean)")]
+    rows[-1]["config"]["attack"]["rate"] = 0.0
+    lines, columns, grid = Report(rows).heatmap()
+    assert columns == ["badnets", "ctba"]
+    assert lines == ["moderate-fitting (no defense)", "p2p", "p2p-trusted", "undefended"]
+    # two p2p variants stay apart; the control trained otherwise is not averaged into the undefended runs
+    assert grid == [[pytest.approx(0.5), None], [pytest.approx(0.8), pytest.approx(0.4)], [pytest.approx(0.2), None],
+                    [pytest.approx(0.95), None]]
+
+
 def test_a_setting_added_later_at_its_default_keeps_the_references_matched(tmp_path):
     # runs stored before `train.warmup_ratio` existed lack the key; a newer run has it at its default
     store = ResultsStore(tmp_path)

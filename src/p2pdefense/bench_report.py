@@ -54,16 +54,6 @@ def role(config: dict) -> str:
     return "defended"
 
 
-def attack_label(row: dict) -> str:
-    """A heatmap column: the grid cell's name (e.g. badnets-clean-label), else the attack's name."""
-    if row.get("cell"):
-        name = re.sub(r"(^|, )seed=[^,() ]+", "", row["cell"]).split(" (")[0].strip(" ,")
-        if name:
-            return name
-    attack = row["config"]["attack"]
-    return attack["name"] + (" (clean-label)" if attack.get("clean_label") else "")
-
-
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -143,6 +133,36 @@ class Report:
                 "wall_seconds": [x.get("wall_seconds") for x in m]})
         order = {"clean": 0, "undefended": 1, "defended": 2}
         return sorted(out, key=lambda e: (order[e["role"]], e["setting"]))
+
+    def heatmap(self) -> tuple[list[str], list[str], list[list[float | None]]]:
+        """Row labels, column labels and the mean ASR of each (row, column) pair with runs (None elsewhere) for
+        the ASR heatmap; clean runs and runs without an attack are left out.
+
+        A grid cell named "attack | variant" (the defense suite, the ablation) puts the variant in the row and
+        the attack in the column, so that e.g. strip-1% and strip-5% are not averaged into one row; another
+        cell's name is the column. An undefended run that some defended run is matched with is "undefended";
+        one that none is (the moderate-fitting control: no defense, other training) is "VARIANT (no defense)",
+        not averaged with the undefended runs."""
+        matched = {id(self.references(r)[0]) for r in self.rows if role(r["config"]) == "defended"}
+        values: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for r in self.rows:
+            kind, attack = role(r["config"]), r["config"]["attack"]
+            if kind == "clean" or attack["name"] == "none":
+                continue
+            column, variant = attack["name"] + (" (clean-label)" if attack.get("clean_label") else ""), ""
+            if r.get("cell"):
+                name = re.sub(r"(^|, )seed=[^,() ]+", "", r["cell"]).strip(" ,")
+                name = re.sub(r"(^| )\((clean|undefended)\)$", "", name)
+                named_column, _, variant = name.partition(" | ")
+                column = named_column or column
+            if kind == "defended":
+                line = variant or r["config"]["defense"]["name"]
+            else:
+                line = "undefended" if id(r) in matched or not variant else f"{variant} (no defense)"
+            values[line, column].append(r["metrics"].get("asr"))
+        lines = sorted({line for line, _ in values})
+        columns = sorted({column for _, column in values})
+        return lines, columns, [[_mean_sd(values.get((line, c), []))[0] for c in columns] for line in lines]
 
 
 COLUMNS = ("setting", "seeds", "CA %", "ASR %", "clean floor ASR %", "triggered acc. %", "CA drop (pts)",
@@ -230,12 +250,8 @@ def plots(report: Report, out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    defenses = sorted({r["config"]["defense"]["name"] for r in rows if role(r["config"]) != "clean"})
-    attacks = sorted({attack_label(r) for r in rows if r["config"]["attack"]["name"] != "none"})
+    defenses, attacks, grid = report.heatmap()
     if defenses and attacks:
-        grid = [[_mean_sd([r["metrics"].get("asr") for r in rows if role(r["config"]) != "clean"
-                           and r["config"]["defense"]["name"] == d and attack_label(r) == a])[0]
-                 for a in attacks] for d in defenses]
         fig, axis = plt.subplots(figsize=(1.6 * len(attacks) + 2, 0.8 * len(defenses) + 1.5))
         image = axis.imshow([[float("nan") if v is None else 100 * v for v in line] for line in grid],
                             vmin=0, vmax=100, cmap="Reds")
