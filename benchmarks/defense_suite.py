@@ -232,7 +232,8 @@ def suite_table(bench_dir) -> str:
         elif candidates:
             kept = [c for c in candidates if c[2] <= 0.015] or candidates
             verdicts.append(f"| {attack} | closest: {_judged(*min(kept, key=lambda c: c[1]))} | no |")
-    lines += ["## Which defense for which threat", "",
+    lines += ["![ASR by defense and attack, mean over seeds (`p2p report`)](heatmap-asr.png)", "",
+              "## Which defense for which threat", "",
               "Goal: ASR within 5 points of the clean floor with a CA drop of at most 1.5 points (means over the "
               "defense's seeds, each seed against its own clean and undefended runs). "
               f"An attack whose undefended ASR is less than {100 * ATTACK_TOOK:.0f} points above the floor of the "
