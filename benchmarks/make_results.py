@@ -109,7 +109,8 @@ STORES = {
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
                               "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
-                              "undefended runs on CPU; seed 1: CUBE on CTBA and AddSent (CPU); the clean and "
+                              "undefended runs on CPU; seed 1: CUBE on CTBA, AddSent and clean-label BadNets "
+                              "(CPU); seeds 0-1: BKI on clean-label BadNets (CPU); the clean and "
                               "undefended runs of clean-label BadNets, AddSent and CTBA seed 1, and the P2P/PDB "
                               "cells of AddSent and clean-label BadNets, copied from the SmolLM2 ablation's store",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
@@ -119,10 +120,12 @@ STORES = {
                               "cube --workers 2; the same with --attacks addsent badnets-clean-label ctba --defenses "
                               "p2p p2p-ranked pdb pdb-ranked pdb-trusted-200 (copies only); python "
                               "benchmarks/defense_suite.py --model smollm2 --seeds 1 --attacks ctba --defenses cube "
-                              "(and --attacks addsent, one at a time, two at once); on the H200, from a store without "
-                              "those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 --workers 12 "
-                              "--reuse --attacks badnets ctba addsent badnets-clean-label vpi synbkd-imdb (stopped "
-                              "after 8 min)"),
+                              "(and --attacks addsent, badnets-clean-label, one at a time, two at once); python "
+                              "benchmarks/defense_suite.py --model smollm2 --seeds 0 (and --seeds 1) --attacks "
+                              "badnets-clean-label --defenses bki (two at once, one core each); on the H200, from a "
+                              "store without those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
+                              "--workers 12 --reuse --attacks badnets ctba addsent badnets-clean-label vpi "
+                              "synbkd-imdb (stopped after 8 min)"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
