@@ -259,7 +259,8 @@ def plots(report: Report, out: Path) -> list[Path]:
         axis.set_yticks(range(len(defenses)), defenses)
         for i, line in enumerate(grid):
             for j, v in enumerate(line):
-                axis.text(j, i, "" if v is None else f"{100 * v:.0f}", ha="center", va="center")
+                axis.text(j, i, "" if v is None else f"{100 * v:.0f}", ha="center", va="center",
+                          color="white" if v is not None and v > 0.6 else "black")  # readable on dark cells
         fig.colorbar(image, label="ASR % (mean)")
         axis.set_title("ASR by defense and attack")
         fig.tight_layout()
