@@ -54,6 +54,11 @@ def role(config: dict) -> str:
     return "defended"
 
 
+def _cell_without_seed(cell: str) -> str:
+    """A bench cell's name without its "seed=N" part: the name its seeds share."""
+    return re.sub(r"(^|, )seed=[^,() ]+", "", cell).strip(" ,")
+
+
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -93,7 +98,7 @@ class Report:
     def label(self, row: dict) -> str:
         """The grid cell's name without its seed (bench rows), else the varying keys that the row has."""
         if row.get("cell"):
-            cell = re.sub(r"(^|, )seed=[^,() ]+", "", row["cell"]).strip(" ,")
+            cell = _cell_without_seed(row["cell"])
             cell = "base" if not cell else f"base {cell}" if cell.startswith("(") else cell
             return f"{cell}: {row['config']['defense']['name']}" if role(row["config"]) == "defended" else cell
         flat = _flat(row["config"])
@@ -151,8 +156,7 @@ class Report:
                 continue
             column, variant = attack["name"] + (" (clean-label)" if attack.get("clean_label") else ""), ""
             if r.get("cell"):
-                name = re.sub(r"(^|, )seed=[^,() ]+", "", r["cell"]).strip(" ,")
-                name = re.sub(r"(^| )\((clean|undefended)\)$", "", name)
+                name = re.sub(r"(^| )\((clean|undefended)\)$", "", _cell_without_seed(r["cell"]))
                 named_column, _, variant = name.partition(" | ")
                 column = named_column or column
             if kind == "defended":
