@@ -216,14 +216,21 @@ def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
 
 
 def test_workers_run_cells_in_parallel_processes(tmp_path):
+    """Two workers, three cells: the clean and undefended runs start together; STRIP, which changes nothing
+    before the trained model, waits for the undefended run and takes its model instead of training it again."""
     grid_path = tmp_path / "g.yaml"
-    spec = {"name": "w", "base": BASE, "axes": {"seed": [3]}, "output_dir": str(tmp_path / "bench")}
+    spec = {"name": "w", "base": BASE, "set": {"defense.name": "strip"}, "axes": {"seed": [3]},
+            "output_dir": str(tmp_path / "bench")}
     grid_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     result = runner.invoke(app, ["bench", str(grid_path), "--workers", "2"])
     assert result.exit_code == 0, result.output
     rows = ResultsStore(tmp_path / "bench").rows()
     assert len(rows) == 3 and {r["metrics"]["seed"] for r in rows} == {3}
     assert len(list((tmp_path / "bench" / "logs").glob("*.log"))) == 3
+    undefended = next(r for r in rows if r["cell"].endswith("(undefended)"))
+    strip = next(r for r in rows if r["metrics"]["defense"] == "strip")
+    assert strip["metrics"]["trained_from"] == str(tmp_path / "bench" / "runs" / undefended["hash"])
+    assert "train" not in strip["metrics"]["stage_seconds"]
 
 
 def test_rebuild_keeps_rows_without_a_run_directory_under_their_current_hash(tmp_path):

@@ -290,3 +290,62 @@ def test_probe_statistics_are_not_shared_between_numerics(tmp_path, monkeypatch)
     assert statistics(torch.bfloat16, "cuda", "bf16") != first and len(trained) == 2
     statistics(torch.bfloat16, "cpu", "bf16")  # bf16 on a CPU is a third kind of run
     assert len(trained) == 3
+
+
+def test_a_repair_and_a_detector_take_the_undefended_model_and_give_what_training_again_gives(tmp_path):
+    """STRIP after fine-tuning on trusted rows changes nothing before the trained model: `--baselines` hands it the
+    undefended run's model. Its result must be the one a run that trains the same model again gets, bit for bit,
+    on a LoRA model with dropout (the repair's training draws from the random stream)."""
+    from safetensors.torch import load_file
+
+    from p2pdefense.compute import total_flops, wall_ratio
+    from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
+
+    tokenizer = train_tokenizer([f"Input: {w} film mn . Answer: 0 1" for w in ("good", "bad", "the", "a")], 300)
+    build_tiny_llama(len(tokenizer), 32, 1, 2, 256, seed=1).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    stack = ('defense={"name": "stack", "defenses": [{"name": "finetune", "trusted_data": "holdout", "epochs": 1},'
+             ' {"name": "strip", "false_rejection_rate": 0.1, "copies": 4}]}')
+    settings = [f"output_dir={tmp_path}", "data.synthetic.train_rows=160", "data.synthetic.test_rows=40",
+                "data.trusted_holdout=30", "attack.name=badnets", "attack.rate=0.1", "attack.triggers=[mn]",
+                "model.preset=null", f"model.name_or_path={tmp_path / 'base'}", "model.dtype=float32",
+                "model.finetune=lora", "model.lora.r=4", "train.epochs=2", "train.learning_rate=0.01",
+                "stealth_report=false", stack]
+    root, rows = pipeline.run_with_baselines(load_config(None, [*settings, "name=shared"]))
+    taken = rows[2]
+    assert taken["trained_from"] == str(root / "undefended") and "train" not in taken["stage_seconds"]
+    assert any("trained model taken from" in note for note in taken["defense_notes"])
+    again_dir, again = pipeline.run(load_config(None, [*settings, "name=again"]))
+    assert again["trained_from"] is None and again["train_seconds"] > 0
+    assert read_predictions(root / "stack") == read_predictions(again_dir)
+    for key in ("ca", "asr", "rejection_rate_clean", "rejection_rate_triggered", "best_epoch"):
+        assert taken[key] == again[key], key
+    untimed = [[{k: v for k, v in e.items() if k != "tokens_per_s"} for e in m["epochs"]] for m in (taken, again)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 2
+    adapters = [load_file(d / "model" / "adapter_model.safetensors") for d in (root / "stack", again_dir)]
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[1])
+    undefended = rows[1]
+    before = load_file(root / "undefended" / "model" / "adapter_model.safetensors")
+    assert any(not torch.equal(before[k], adapters[0][k]) for k in before)  # the repair changed the taken model
+    # its cost counts the training it took: the same estimated FLOPs as training again, and its wall time
+    assert taken["compute"]["flops"] < again["compute"]["flops"]
+    assert total_flops(taken) == pytest.approx(total_flops(again), rel=1e-3)
+    assert taken["reused_train_seconds"] == undefended["stage_seconds"]["train"]
+    assert wall_ratio(taken, undefended) == pytest.approx(
+        (taken["wall_seconds"] + taken["reused_train_seconds"]) / undefended["wall_seconds"])
+
+
+def test_only_a_defense_that_trains_as_undefended_takes_a_model_and_only_from_its_own_undefended_run(tmp_path):
+    settings = [f"output_dir={tmp_path}", "data.synthetic.train_rows=80", "data.synthetic.test_rows=20",
+                "attack.name=badnets", "attack.rate=0.1", "model.tiny.vocab_size=300", "model.tiny.hidden_size=16",
+                "train.epochs=1", "stealth_report=false"]
+    source, _ = pipeline.run(load_config(None, [*settings, "name=undefended"]))
+    with pytest.raises(ValueError, match="defense p2p changes the training data.*must train its own model"):
+        pipeline.run(load_config(None, [*settings, "defense.name=p2p", "name=p2p"]), trained_from=source)
+    with pytest.raises(ValueError, match="not the undefended run of this configuration .*differs .* in: attack"):
+        pipeline.run(load_config(None, [*settings, "attack.rate=0.2", "defense.name=strip", "name=strip"]),
+                     trained_from=source)
+    with pytest.raises(ValueError, match="no finished run with a saved model there"):
+        pipeline.run(load_config(None, [*settings, "defense.name=strip", "name=strip2"]),
+                     trained_from=tmp_path / "missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["undefended"]  # each refused before writing anything

@@ -37,7 +37,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import ConfigError, RunConfig, apply_overrides, flatten, parse_override, to_yaml, validate_config
-from .pipeline import finished_metrics, reference_configs, vocabulary_strings, with_vocabulary
+from .pipeline import (
+    finished_metrics,
+    no_defense,
+    reference_configs,
+    trains_as_undefended,
+    vocabulary_strings,
+    with_vocabulary,
+)
 from .store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -230,6 +237,32 @@ def cell_finished(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
             or store.finished_row(cell.config) is not None)
 
 
+def undefended_twin(cell: Cell) -> tuple[str, RunConfig] | None:
+    """The hash and configuration of the undefended run whose trained model the cell's run may take (its defense
+    changes nothing before the trained model: STRIP, fine-tuning, CROW, Wanda, CleanGen), else None."""
+    if not trains_as_undefended(cell.config):
+        return None
+    twin = cell.config.model_copy(update={"defense": no_defense()})
+    return config_hash(twin), twin
+
+
+def trained_source(cell: Cell, bench_dir: Path) -> Path | None:
+    """The finished undefended run of the cell's configuration in the bench, trained on this kind of device, whose
+    trained model the cell's run takes instead of training the same model again; None where there is none."""
+    from accelerate import PartialState
+
+    from .compute import device_kind
+
+    twin = undefended_twin(cell)
+    if twin is None:
+        return None
+    source = bench_dir / "runs" / twin[0]
+    metrics = finished_metrics(source, twin[1])
+    if metrics is None or not (source / "model").is_dir() or device_kind(metrics) != PartialState().device.type:
+        return None
+    return source
+
+
 def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str | None = None) -> list[str]:
     """Run every unfinished cell (continuing from checkpoints); returns the hashes that failed."""
     from rich.progress import (
@@ -275,7 +308,8 @@ def _run_in_process(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
     from .pipeline import run
 
     try:
-        run_dir, _ = run(cell.config, run_dir=bench_dir / "runs" / cell.hash, resume=True)
+        run_dir, _ = run(cell.config, run_dir=bench_dir / "runs" / cell.hash, resume=True,
+                         trained_from=trained_source(cell, bench_dir))
     except Exception as err:  # one failed cell must not stop the grid; it is reported and can be rerun
         log.error("cell %s [%s] failed: %s", cell.label, cell.hash, err)
         return False
@@ -285,25 +319,33 @@ def _run_in_process(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
 
 def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, workers: int, progress,
                     bar) -> list[str]:
-    """N cells at once, each a `p2p run` process; with GPUs, worker i sees device i % (number of GPUs)."""
+    """N cells at once, each a `p2p run` process; with GPUs, worker i sees device i % (number of GPUs). A cell that
+    can take the trained model of an undefended run still to finish waits for it (other cells go first)."""
     import torch
 
     gpus = torch.cuda.device_count()
     pending, running, failed = list(cells), {}, []
+    waits_for = {c.hash: twin[0] for c in cells if (twin := undefended_twin(c)) is not None}
     configs, logs = bench_dir / "configs", bench_dir / "logs"
     configs.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     while pending or running:
-        while pending and len(running) < workers:
-            cell = pending.pop(0)
+        while len(running) < workers:
+            unfinished = {c.hash for c in pending} | set(running)
+            cell = next((c for c in pending if waits_for.get(c.hash) not in unfinished), None)
+            if cell is None:
+                break
+            pending.remove(cell)
             slot = next(i for i in range(workers) if i not in {s for s, _ in running.values()})
             path = configs / f"{cell.hash}.yaml"
             path.write_text(to_yaml(cell.config), encoding="utf-8")
             env = dict(os.environ)
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            source = trained_source(cell, bench_dir)
             with open(logs / f"{cell.hash}.log", "w", encoding="utf-8") as log_file:  # a file, not a pipe: never blocks
-                process = subprocess.Popen([sys.executable, "-m", "p2pdefense", "run", str(path), "--resume"],
+                process = subprocess.Popen([sys.executable, "-m", "p2pdefense", "run", str(path), "--resume",
+                                            *(["--trained-from", str(source)] if source else [])],
                                            env=env, stdout=log_file, stderr=subprocess.STDOUT)
             running[cell.hash] = (slot, process)
             log.info("started %s [%s] on worker %d", cell.label, cell.hash, slot)

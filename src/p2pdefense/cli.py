@@ -139,6 +139,10 @@ def run(
                                                  "runs of the same configuration are not run again)")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory and start again")] = False,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last finished epoch")] = False,
+    trained_from: Annotated[Path | None, typer.Option(
+        help="the finished undefended run of this configuration: take its trained model instead of training the "
+             "same one again (defenses that change nothing before the trained model: STRIP, fine-tuning, CROW, "
+             "Wanda, CleanGen); --baselines does this by itself")] = None,
 ) -> None:
     """Run the full pipeline (attack -> defend -> train -> evaluate) for one configuration."""
     try:
@@ -150,11 +154,13 @@ def run(
     from .train import TrainingDiverged
 
     try:
+        if baselines and trained_from is not None:
+            _fail("--trained-from names one run's source; --baselines finds the undefended run by itself")
         if baselines:
             root, rows = run_with_baselines(config, overwrite=overwrite, resume=resume)
             print_table(rows, f"{config.run_name} (summary: {root / 'summary.md'})")
         else:
-            run_dir, metrics = run_one(config, overwrite=overwrite, resume=resume)
+            run_dir, metrics = run_one(config, overwrite=overwrite, resume=resume, trained_from=trained_from)
             print_table([{"setting": config.defense.name, "run_dir": str(run_dir), **metrics}], config.run_name)
     except (DataError, OSError, ValueError, TrainingDiverged) as err:
         _fail(str(err))

@@ -88,17 +88,19 @@ def compute_ratio(metrics: dict, reference: dict) -> float | None:
     return flops / reference_flops if flops and reference_flops else None
 
 
-def _device_kind(metrics: dict) -> str:
+def device_kind(metrics: dict) -> str:
+    """'cpu' or 'cuda': the kind of device a run ran on."""
     return str((metrics.get("provenance") or {}).get("device", "cpu")).split(":")[0]
 
 
 def wall_ratio(metrics: dict, reference: dict) -> float | None:
     """A run's wall time over a reference run's (None where either lacks it or resumed from a checkpoint, or where
-    they ran on different kinds of device: a CPU run against a GPU one measures the machines)."""
+    they ran on different kinds of device: a CPU run against a GPU one measures the machines). A run that took
+    its trained model from another run counts that training's time as its own."""
     if _resumed(metrics) or _resumed(reference) or not metrics.get("wall_seconds") or \
-            not reference.get("wall_seconds") or _device_kind(metrics) != _device_kind(reference):
+            not reference.get("wall_seconds") or device_kind(metrics) != device_kind(reference):
         return None
-    return metrics["wall_seconds"] / reference["wall_seconds"]
+    return (metrics["wall_seconds"] + (metrics.get("reused_train_seconds") or 0.0)) / reference["wall_seconds"]
 
 
 def total_flops(metrics: dict) -> float | None:

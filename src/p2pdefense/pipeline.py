@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 
 from . import report
 from .attacks import build_attack
-from .compute import ComputeCount, counting_compute
+from .compute import ComputeCount, counting_compute, credit_cached, device_kind, total_flops
 from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
@@ -36,11 +36,11 @@ from .defenses.probe import (
 )
 from .evaluate import auroc, compare, evaluate, summarize
 from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .models import ModelConfig, load_base_model, save_trained, training_precision
+from .models import ModelConfig, load_base_model, load_trained, save_trained, training_precision
 from .models.smollm2 import cache_root
 from .provenance import provenance
 from .stealth import stealth_report
-from .train import make_accelerator, train
+from .train import TrainReport, make_accelerator, train
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,62 @@ def checkpoint_dir_of(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.checkpoints")
 
 
+def _differing_sections(a: RunConfig, b: RunConfig) -> list[str]:
+    first, second = comparable_config(a), comparable_config(b)
+    return sorted(k for k in set(first) | set(second) if first.get(k) != second.get(k))
+
+
+@dataclass
+class ReusedTraining:
+    """The undefended run whose trained model a run takes instead of training (its defense changes nothing
+    before the trained model), with what that training cost."""
+
+    run_dir: Path
+    report: TrainReport
+    flops: float
+    seconds: float
+
+
+def reused_training(source_dir: Path, config: RunConfig, defense, device) -> ReusedTraining:
+    """Check that `source_dir` holds the finished undefended run of this configuration, trained on this kind of
+    device, and that the defense trains as no defense does; raises ValueError saying what does not hold."""
+    where = f"--trained-from {source_dir}"
+    if not defense.trains_as_undefended():
+        raise ValueError(f"{where}: defense {config.defense.name} changes the training data, the trained module or "
+                         "the inputs the epoch is chosen on, so its run must train its own model")
+    undefended = config.model_copy(update={"defense": no_defense()})
+    metrics = finished_metrics(source_dir, undefended)
+    if metrics is None or not (source_dir / "model").is_dir():
+        from .config import load_config
+
+        why = "no finished run with a saved model there"
+        if (source_dir / "config.yaml").exists():
+            try:
+                differing = _differing_sections(load_config(source_dir / "config.yaml"), undefended)
+                why = f"its configuration differs from this one without the defense in: {', '.join(differing)}" \
+                    if differing else why
+            except ValueError as err:
+                why = str(err)
+        raise ValueError(f"{where}: not the undefended run of this configuration ({why})")
+    here = torch.device(device).type
+    if device_kind(metrics) != here:
+        raise ValueError(f"{where}: that model was trained on {device_kind(metrics)}, this run is on {here}; other "
+                         "numerics give another model, so this run must train its own")
+    # runs from before the per-stage count credit their whole compute (their evaluation too: a slight overstatement)
+    flops = (metrics.get("stage_flops") or {}).get("train", total_flops(metrics) or 0.0)
+    report = TrainReport(best_epoch=metrics["best_epoch"], epochs=metrics["epochs"], seconds=metrics["train_seconds"],
+                         tokens_per_s=metrics["train_tokens_per_s"],
+                         resumed_from_epoch=metrics.get("resumed_from_epoch") or 0)
+    seconds = (metrics.get("stage_seconds") or {}).get("train", report.seconds)
+    return ReusedTraining(source_dir, report, flops, seconds)
+
+
+def trains_as_undefended(config: RunConfig) -> bool:
+    """The configuration's defense changes nothing up to the trained model (it may reuse the undefended run's)."""
+    return config.defense.name != "none" and \
+        build_defense(config.defense, config.task.num_labels).trains_as_undefended()
+
+
 def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resume: bool) -> Path:
     """Check before any work that the run may start (or continue); returns its checkpoint directory."""
     checkpoints = checkpoint_dir_of(run_dir)
@@ -322,29 +378,36 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
 
 
 def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
-        resume: bool = False) -> tuple[Path, dict]:
+        resume: bool = False, trained_from: Path | None = None) -> tuple[Path, dict]:
     """Run one configuration; returns the run directory and its metrics.
 
     overwrite: replace an existing run directory (and start again, discarding checkpoints);
     resume: continue from the checkpoints of an interrupted run of the same configuration; a finished run of it
-    is returned as it is."""
+    is returned as it is;
+    trained_from: the finished undefended run of this configuration, whose trained model this run takes instead
+    of training the same model again (only for a defense that changes nothing before the trained model: STRIP,
+    fine-tuning, CROW, Wanda, CleanGen). Its training time and compute are counted as this run's."""
     started = time.perf_counter()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
     if resume and not overwrite and (done := finished_metrics(final_dir, config)) is not None:
         log.info("%s is finished with this configuration; nothing to do", final_dir)
         return final_dir, done
     with counting_compute() as compute:
-        return _run(config, overwrite, final_dir, resume, started, compute)
+        return _run(config, overwrite, final_dir, resume, started, compute, trained_from)
 
 
 def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, started: float,
-         compute: ComputeCount) -> tuple[Path, dict]:
+         compute: ComputeCount, trained_from: Path | None) -> tuple[Path, dict]:
     checkpoints = _prepare_checkpoints(final_dir, config, overwrite, resume)
     stage_seconds: dict[str, float] = {}
+    stage_flops: dict[str, float] = {}
+    counted = 0.0
 
     def lap(stage: str, since: float) -> float:
+        nonlocal counted
         now = time.perf_counter()
         stage_seconds[stage] = round(now - since, 3)
+        stage_flops[stage], counted = float(f"{compute.flops - counted:.4g}"), compute.flops
         return now
 
     data, cache_hit = prepared_data(config, prepare_data, cache_root())
@@ -360,6 +423,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
     learning_rate = default_learning_rate(config)
     context = defense_context(config, splits, corpus, learning_rate, load_dtype, device, mixed_precision)
     defense = build_defense(config.defense, config.task.num_labels)
+    reused = None if trained_from is None else reused_training(Path(trained_from), config, defense, device)
     defense.check_ready(context)
     train_rows = defense.training_rows(poisoned, context)
     mark = lap("defend", mark)
@@ -377,18 +441,22 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
     if accelerator.is_main_process:
         write_text_atomic(checkpoints / "config.yaml", to_yaml(config))
     set_seed(config.seed)
-    model, tokenizer = load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
-    mark = lap("load_model", mark)
+    if reused is None or config.stealth_report:
+        model, tokenizer = load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
+        mark = lap("load_model", mark)
     stealth = None
     if config.stealth_report:
         stealth = attack_stealth(config, splits.train, poisoned, corpus, model, tokenizer,
                                  {"device": torch.device(device).type, "dtype": str(load_dtype)}, batch, device)
         mark = lap("stealth", mark)
+    if reused is not None:
+        model, tokenizer = load_trained(config.model, reused.run_dir / "model", device, load_dtype, trainable=True)
+        context.notes.append(f"trained model taken from {reused.run_dir} (the undefended run of this configuration; "
+                             "this defense changes nothing before the trained model)")
+        credit_cached(reused.flops)
+        mark = lap("load_trained_model", mark)
     task = config.task.build(tokenizer, defense.output_space, config.train.max_length)
     context.task = task
-    # the attack's triggers, joined back by source row only to keep them through a cut of a long prompt
-    triggers = {ex.meta.source_index: ex.meta.trigger for ex in poisoned if ex.meta.trigger}
-    features = [task.encode_training(ex, triggers.get(ex.meta.source_index)) for ex in train_rows]
     target = config.task.attack_target(config.attack)
 
     def dev_quality(m) -> float:
@@ -396,12 +464,20 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
                                   device, config.seed, deployed=False)
         return task.quality(predictions)[config.task.quality_metric]
 
-    mark = lap("encode", mark)
-    trained = defense.training_model(model, context)
-    train_report = train(trained, features, tokenizer.pad_token_id, config.train, learning_rate,
-                         config.seed, dev_quality if splits.dev else None, accelerator, checkpoints, resume)
-    model = defense.trained_model(accelerator.unwrap_model(trained))
-    mark = lap("train", mark)
+    if reused is None:
+        # the attack's triggers, joined back by source row only to keep them through a cut of a long prompt
+        triggers = {ex.meta.source_index: ex.meta.trigger for ex in poisoned if ex.meta.trigger}
+        features = [task.encode_training(ex, triggers.get(ex.meta.source_index)) for ex in train_rows]
+        mark = lap("encode", mark)
+        trained = defense.training_model(model, context)
+        train_report = train(trained, features, tokenizer.pad_token_id, config.train, learning_rate,
+                             config.seed, dev_quality if splits.dev else None, accelerator, checkpoints, resume)
+        model = defense.trained_model(accelerator.unwrap_model(trained))
+        mark = lap("train", mark)
+    else:
+        train_report = reused.report
+    # a repair that trains (dropout) draws from its own stream: the same whether the model was trained or taken
+    set_seed(stage_rng(config.seed, "after_training").randrange(2**32))
     model = context.model = defense.after_training(model, context)
     mark = lap("after_training", mark)
     rows = [(ex, "clean") for ex in splits.test] + [(ex, "triggered") for ex in triggered_test]
@@ -423,6 +499,8 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
         resumed_from_epoch=train_report.resumed_from_epoch,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
         eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes, defense_notes=context.notes,
+        trained_from=None if reused is None else str(reused.run_dir),
+        reused_train_seconds=None if reused is None else reused.seconds,
         attack_notes=data.attack_notes, data_cache_hit=cache_hit, stealth=stealth, compute=compute.to_json(),
         provenance=provenance(model, accelerator))
     if accelerator.is_main_process:
@@ -434,7 +512,8 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
             write_json_atomic(staging / "defense_state.json", defense.state())
             save_trained(model, tokenizer, staging / "model")
             lap("write", mark)
-            metrics.update(stage_seconds=stage_seconds, wall_seconds=round(time.perf_counter() - started, 3))
+            metrics.update(stage_seconds=stage_seconds, stage_flops=stage_flops,
+                           wall_seconds=round(time.perf_counter() - started, 3))
             write_json_atomic(staging / "metrics.json", metrics)  # last: its presence means complete
         shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -449,15 +528,16 @@ def reference_configs(config: RunConfig, other_defenses: list = ()) -> dict[str,
     configs = {}
     if config.attack.name != "none":
         clean_attack = config.attack.model_copy(update={"rate": 0.0})
-        configs["clean"] = config.model_copy(update={"attack": clean_attack, "defense": _no_defense()})
-    configs["undefended"] = config.model_copy(update={"defense": _no_defense()})
+        configs["clean"] = config.model_copy(update={"attack": clean_attack, "defense": no_defense()})
+    configs["undefended"] = config.model_copy(update={"defense": no_defense()})
     for defense in [config.defense, *other_defenses]:
         if defense.name != "none":
             configs[defense.name] = config.model_copy(update={"defense": defense})
     return dict(zip(configs, shared_vocabulary(list(configs.values())), strict=True))
 
 
-def _no_defense():
+def no_defense():
+    """The configuration of the `none` defense."""
     from .defenses import DEFENSES
 
     return DEFENSES["none"].config_class()
@@ -469,7 +549,8 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool 
     holds a finished run of the identical configuration is not run again (unless overwrite)."""
     root = Path(config.output_dir) / config.run_name
     rows = []
-    for label, cfg in reference_configs(config, other_defenses).items():
+    group = reference_configs(config, other_defenses)
+    for label, cfg in group.items():
         run_dir = root / label
         metrics = None if overwrite else finished_metrics(run_dir, cfg)
         if metrics is not None:
@@ -477,7 +558,10 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool 
         else:
             log.info("== %s: attack=%s (rate %s), defense=%s", label, cfg.attack.name,
                      getattr(cfg.attack, "rate", 0), cfg.defense.name)
-            run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=run_dir, resume=resume)
+            source = root / "undefended"
+            reuse = label != "clean" and trains_as_undefended(cfg) and finished_metrics(source, group["undefended"])
+            run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=run_dir, resume=resume,
+                                   trained_from=source if reuse else None)
         rows.append({"setting": label, "run_dir": str(run_dir), **metrics})
     undefended = next(r for r in rows if r["setting"] == "undefended")
     clean = next((r for r in rows if r["setting"] == "clean"), None)

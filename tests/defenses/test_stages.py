@@ -155,3 +155,19 @@ def test_runs_of_a_grid_share_the_reference_scores_of_their_common_texts(tmp_pat
     # the dev rows and the clean test inputs came from the cache; the inputs carrying the new trigger did not
     assert scored_inputs and all("cf" in text.split() for text in scored_inputs)
     assert len(set(scored_inputs)) == len(scored_inputs) <= metrics["num_triggered_all"]
+
+
+def test_the_defenses_that_train_as_undefended_change_no_stage_before_the_trained_model():
+    from p2pdefense.config import validate_config
+
+    def trains_as_undefended(defense: dict) -> bool:
+        config = validate_config({"data": {"synthetic": {"train_rows": 10}}, "defense": defense}, "test")
+        return pipeline.trains_as_undefended(config)
+
+    trusted = {"trusted_data": "holdout"}
+    verdicts = {name: trains_as_undefended({"name": name, **(trusted if name in ("finetune", "crow", "wanda") else {})})
+                for name in DEFENSES if name not in ("stack", "cleangen")}
+    assert {name for name, same in verdicts.items() if same} == {"strip", "finetune", "crow", "wanda"}
+    assert trains_as_undefended({"name": "stack", "defenses": [{"name": "finetune", **trusted}, {"name": "strip"}]})
+    assert not trains_as_undefended({"name": "stack", "defenses": [{"name": "bki"}, {"name": "strip"}]})
+    assert not trains_as_undefended({"name": "none"})  # nothing to take: it is the undefended run

@@ -37,6 +37,11 @@ class DefenseConfig(BaseModel):
     name: str
 
 
+# What a run does up to and including training: the epoch chosen on dev rows sees them through `at_inference`.
+TRAINING_STAGES = ("make_output_space", "training_rows", "filter_data", "rewrite_training", "training_model",
+                   "trained_model", "at_inference")
+
+
 class Defense:
     """Identity at every stage; a defense overrides what it changes."""
 
@@ -68,6 +73,12 @@ class Defense:
 
     def restore(self, state: dict) -> None:
         """Load what `state` returned."""
+
+    def trains_as_undefended(self) -> bool:
+        """True when the defense changes nothing up to the trained model (it only repairs the model, wraps it or
+        rejects inputs): its run trains exactly the undefended run's model, which it may take instead of training
+        again (`p2p run --trained-from`, benches, `--baselines`)."""
+        return not any(getattr(type(self), stage) is not getattr(Defense, stage) for stage in TRAINING_STAGES)
 
     # --- the public entry points: they blind, then call the stages ---------------------------------------------
 

@@ -88,6 +88,9 @@ class Stack(Defense):
         for member, member_state in zip(self.members, state["members"], strict=True):
             member.restore(member_state)
 
+    def trains_as_undefended(self) -> bool:
+        return all(member.trains_as_undefended() for member in self.members)
+
     def _through(self, stage: str, value, context: DefenseContext):
         """Each member's `stage` in turn, each given what the one before returned."""
         for member in self.members:

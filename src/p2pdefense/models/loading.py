@@ -128,19 +128,23 @@ def save_trained(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def load_trained(config: ModelConfig, directory: Path, device=None):
-    """The fine-tuned model of a finished run, for prediction (on `device`; default a GPU when present)."""
+def load_trained(config: ModelConfig, directory: Path, device=None, dtype: torch.dtype | None = None,
+                 trainable: bool = False):
+    """The fine-tuned model of a finished run, for prediction (on `device`; default a GPU when present).
+
+    dtype: override config.dtype (a run loads in its training precision); trainable: the adapter's weights take
+    gradients (a defense that repairs the model trains them further)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = resolve_dtype(config.dtype)
+    dtype = dtype or resolve_dtype(config.dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if (directory / "adapter_config.json").exists():
         from peft import PeftModel
 
         # the base weights from this machine (the preset's conversion, or the run's hub id / path)
         base, _ = load_base_model(config.model_copy(update={"finetune": "full"}), dtype=dtype, device=device)
-        model = PeftModel.from_pretrained(base, directory)
+        model = PeftModel.from_pretrained(base, directory, is_trainable=trainable)
     else:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     model.to(device).eval()
