@@ -222,6 +222,8 @@ def test_workers_run_cells_in_parallel_processes(tmp_path):
     spec = {"name": "w", "base": BASE, "set": {"defense.name": "strip"}, "axes": {"seed": [3]},
             "output_dir": str(tmp_path / "bench")}
     grid_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    dry = runner.invoke(app, ["bench", str(grid_path), "--dry-run"], env={"COLUMNS": "200"})
+    assert dry.exit_code == 0 and dry.output.count("takes the model of") == 1, dry.output
     result = runner.invoke(app, ["bench", str(grid_path), "--workers", "2"])
     assert result.exit_code == 0, result.output
     rows = ResultsStore(tmp_path / "bench").rows()
@@ -230,6 +232,7 @@ def test_workers_run_cells_in_parallel_processes(tmp_path):
     undefended = next(r for r in rows if r["cell"].endswith("(undefended)"))
     strip = next(r for r in rows if r["metrics"]["defense"] == "strip")
     assert strip["metrics"]["trained_from"] == str(tmp_path / "bench" / "runs" / undefended["hash"])
+    assert f"takes the model of {undefended['hash']}" in dry.output
     assert "train" not in strip["metrics"]["stage_seconds"]
 
 
