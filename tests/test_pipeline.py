@@ -310,15 +310,16 @@ def test_a_repair_and_a_detector_take_the_undefended_model_and_give_what_trainin
                 "data.trusted_holdout=30", "attack.name=badnets", "attack.rate=0.1", "attack.triggers=[mn]",
                 "model.preset=null", f"model.name_or_path={tmp_path / 'base'}", "model.dtype=float32",
                 "model.finetune=lora", "model.lora.r=4", "train.epochs=2", "train.learning_rate=0.01",
-                "stealth_report=false", stack]
+                stack]
     root, rows = pipeline.run_with_baselines(load_config(None, [*settings, "name=shared"]))
     taken = rows[2]
     assert taken["trained_from"] == str(root / "undefended") and "train" not in taken["stage_seconds"]
+    assert "stealth" not in taken["stage_seconds"] and taken["stealth"] == rows[1]["stealth"] is not None
     assert any("trained model taken from" in note for note in taken["defense_notes"])
     again_dir, again = pipeline.run(load_config(None, [*settings, "name=again"]))
     assert again["trained_from"] is None and again["train_seconds"] > 0
     assert read_predictions(root / "stack") == read_predictions(again_dir)
-    for key in ("ca", "asr", "rejection_rate_clean", "rejection_rate_triggered", "best_epoch"):
+    for key in ("ca", "asr", "rejection_rate_clean", "rejection_rate_triggered", "best_epoch", "stealth"):
         assert taken[key] == again[key], key
     untimed = [[{k: v for k, v in e.items() if k != "tokens_per_s"} for e in m["epochs"]] for m in (taken, again)]
     assert untimed[0] == untimed[1] and len(untimed[0]) == 2
@@ -330,9 +331,10 @@ def test_a_repair_and_a_detector_take_the_undefended_model_and_give_what_trainin
     # its cost counts the training it took: the same estimated FLOPs as training again, and its wall time
     assert taken["compute"]["flops"] < again["compute"]["flops"]
     assert total_flops(taken) == pytest.approx(total_flops(again), rel=1e-3)
-    assert taken["reused_train_seconds"] == undefended["stage_seconds"]["train"]
+    assert taken["reused_seconds"] == pytest.approx(undefended["stage_seconds"]["train"]
+                                                    + undefended["stage_seconds"]["stealth"])
     assert wall_ratio(taken, undefended) == pytest.approx(
-        (taken["wall_seconds"] + taken["reused_train_seconds"]) / undefended["wall_seconds"])
+        (taken["wall_seconds"] + taken["reused_seconds"]) / undefended["wall_seconds"])
 
 
 def test_only_a_defense_that_trains_as_undefended_takes_a_model_and_only_from_its_own_undefended_run(tmp_path):

@@ -96,11 +96,11 @@ def device_kind(metrics: dict) -> str:
 def wall_ratio(metrics: dict, reference: dict) -> float | None:
     """A run's wall time over a reference run's (None where either lacks it or resumed from a checkpoint, or where
     they ran on different kinds of device: a CPU run against a GPU one measures the machines). A run that took
-    its trained model from another run counts that training's time as its own."""
+    its trained model from another run counts the time of what it took (training, stealth report) as its own."""
     if _resumed(metrics) or _resumed(reference) or not metrics.get("wall_seconds") or \
             not reference.get("wall_seconds") or device_kind(metrics) != device_kind(reference):
         return None
-    return (metrics["wall_seconds"] + (metrics.get("reused_train_seconds") or 0.0)) / reference["wall_seconds"]
+    return (metrics["wall_seconds"] + (metrics.get("reused_seconds") or 0.0)) / reference["wall_seconds"]
 
 
 def total_flops(metrics: dict) -> float | None:

@@ -259,6 +259,9 @@ def _differing_sections(a: RunConfig, b: RunConfig) -> list[str]:
     return sorted(k for k in set(first) | set(second) if first.get(k) != second.get(k))
 
 
+SKIPPED_WHEN_TAKEN = ("stealth", "train")  # the stages whose work a run that takes a trained model copies
+
+
 @dataclass
 class ReusedTraining:
     """The undefended run whose trained model a run takes instead of training (its defense changes nothing
@@ -268,6 +271,9 @@ class ReusedTraining:
     report: TrainReport
     flops: float
     seconds: float
+    """The wall time of the source's stages that the run skips (training, the stealth report)."""
+    stealth: dict | None
+    """The attack's stealth report, measured on the base model: the same for every defense of the configuration."""
 
 
 def reused_training(source_dir: Path, config: RunConfig, defense, device) -> ReusedTraining:
@@ -295,13 +301,15 @@ def reused_training(source_dir: Path, config: RunConfig, defense, device) -> Reu
     if device_kind(metrics) != here:
         raise ValueError(f"{where}: that model was trained on {device_kind(metrics)}, this run is on {here}; other "
                          "numerics give another model, so this run must train its own")
-    # runs from before the per-stage count credit their whole compute (their evaluation too: a slight overstatement)
-    flops = (metrics.get("stage_flops") or {}).get("train", total_flops(metrics) or 0.0)
+    # the work this run does not do again, the stealth report included; runs from before the per-stage count
+    # credit their whole compute (their evaluation too: a slight overstatement)
+    stages = metrics.get("stage_flops")
+    flops = sum(stages.get(s, 0.0) for s in SKIPPED_WHEN_TAKEN) if stages else total_flops(metrics) or 0.0
     report = TrainReport(best_epoch=metrics["best_epoch"], epochs=metrics["epochs"], seconds=metrics["train_seconds"],
                          tokens_per_s=metrics["train_tokens_per_s"],
                          resumed_from_epoch=metrics.get("resumed_from_epoch") or 0)
-    seconds = (metrics.get("stage_seconds") or {}).get("train", report.seconds)
-    return ReusedTraining(source_dir, report, flops, seconds)
+    seconds = sum((metrics.get("stage_seconds") or {"train": report.seconds}).get(s, 0.0) for s in SKIPPED_WHEN_TAKEN)
+    return ReusedTraining(source_dir, report, flops, seconds, metrics.get("stealth"))
 
 
 def trains_as_undefended(config: RunConfig) -> bool:
@@ -441,11 +449,11 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
     if accelerator.is_main_process:
         write_text_atomic(checkpoints / "config.yaml", to_yaml(config))
     set_seed(config.seed)
-    if reused is None or config.stealth_report:
+    stealth = None if reused is None else reused.stealth  # same attack, data and base model: same report
+    if reused is None:
         model, tokenizer = load_base_model(config.model, corpus, config.seed, dtype=load_dtype, device=device)
         mark = lap("load_model", mark)
-    stealth = None
-    if config.stealth_report:
+    if config.stealth_report and reused is None:
         stealth = attack_stealth(config, splits.train, poisoned, corpus, model, tokenizer,
                                  {"device": torch.device(device).type, "dtype": str(load_dtype)}, batch, device)
         mark = lap("stealth", mark)
@@ -500,7 +508,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
         eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes, defense_notes=context.notes,
         trained_from=None if reused is None else str(reused.run_dir),
-        reused_train_seconds=None if reused is None else reused.seconds,
+        reused_seconds=None if reused is None else reused.seconds,
         attack_notes=data.attack_notes, data_cache_hit=cache_hit, stealth=stealth, compute=compute.to_json(),
         provenance=provenance(model, accelerator))
     if accelerator.is_main_process:
