@@ -223,7 +223,10 @@ def suite_table(bench_dir) -> str:
                        and (attack, "clean", seed) in refs)
         pairs = [(refs[(attack, "undefended", s)].get("asr"), refs[(attack, "clean", s)].get("asr")) for s in seeds]
         took = sum(u is not None and c is not None and u - c >= ATTACK_TOOK for u, c in pairs)
-        if not seeds or took < len(seeds):
+        if not seeds:
+            verdicts.append(f"| {attack} | none to judge yet: no seed has both its clean (floor) and undefended run "
+                            f"(undefended ASR {mean_sd([m.get('asr') for m in und])}) | n/a |")
+        elif took < len(seeds):
             verdicts.append(f"| {attack} | none to judge: the attack took on {took} of {len(seeds)} seeds "
                             f"(undefended ASR {mean_sd([m.get('asr') for m in und])} against a floor of "
                             f"{mean_sd(floor_values)}) | n/a |")

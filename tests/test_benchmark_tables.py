@@ -48,6 +48,9 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
         store.append(row("vpi | p2p (clean)", seed, 0.80, 0.10))
         store.append(row("vpi | p2p (undefended)", seed, 0.80, [0.70, 0.10][seed]))
         store.append(row("vpi | p2p", seed, 0.80, 0.10))
+        # no clean run yet: no floor to judge against
+        store.append(row("synbkd-imdb | p2p (undefended)", seed, 0.90, 0.99))
+        store.append(row("synbkd-imdb | strip-1%", seed, 0.90, 0.50))
     table = defense_suite.suite_table(tmp_path)
     assert ("| undefended | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 | 5.0 ± 7.1 | | | | 1.0 | 1.0 |" in table)
     # removed 20 rows each seed, 10 and 15 of them poisoned (of 20): precision = recall = 62.5 ± 17.7
@@ -65,6 +68,8 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
     assert ("| ctba | none to judge: the attack took on 0 of 2 seeds (undefended ASR 15.0 ± 0.0 against a floor "
             "of 10.0 ± 0.0) | n/a |") in verdicts
     assert "| vpi | none to judge: the attack took on 1 of 2 seeds (undefended ASR 40.0 ± 42.4" in verdicts
+    assert ("| synbkd-imdb | none to judge yet: no seed has both its clean (floor) and undefended run (undefended "
+            "ASR 99.0 ± 0.0) | n/a |") in verdicts
 
 
 def test_a_defense_run_on_fewer_seeds_is_judged_against_the_floor_of_its_own_seeds(tmp_path):
