@@ -87,7 +87,7 @@ def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: s
             status = "done" if cell_finished(cell, bench_dir, store) else (
                 "reuse" if any(cell_finished(cell, d, s) for d, s in sources) else "to run")
             twin = undefended_twin(cell) if status == "to run" else None
-            print(f"  {cell.hash}  {status:6}  {cell.label}" + (f" (takes the model of {twin[0]})" if twin else ""))
+            print(f"  {cell.hash}  {status:6}  {cell.label}" + (f" (takes the model of {twin})" if twin else ""))
         return 0
     if reuse:
         print(f"{reuse_runs(cells, [Path(d) for d in reuse], bench_dir)} finished runs copied from "

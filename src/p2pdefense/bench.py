@@ -41,6 +41,7 @@ from .pipeline import (
     finished_metrics,
     no_defense,
     reference_configs,
+    takeable_source,
     trains_as_undefended,
     vocabulary_strings,
     with_vocabulary,
@@ -237,30 +238,19 @@ def cell_finished(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
             or store.finished_row(cell.config) is not None)
 
 
-def undefended_twin(cell: Cell) -> tuple[str, RunConfig] | None:
-    """The hash and configuration of the undefended run whose trained model the cell's run may take (its defense
-    changes nothing before the trained model: STRIP, fine-tuning, CROW, Wanda, CleanGen), else None."""
+def undefended_twin(cell: Cell) -> str | None:
+    """The hash of the undefended run whose trained model the cell's run may take (its defense changes nothing
+    before the trained model: STRIP, fine-tuning, CROW, Wanda, CleanGen), else None."""
     if not trains_as_undefended(cell.config):
         return None
-    twin = cell.config.model_copy(update={"defense": no_defense()})
-    return config_hash(twin), twin
+    return config_hash(cell.config.model_copy(update={"defense": no_defense()}))
 
 
 def trained_source(cell: Cell, bench_dir: Path) -> Path | None:
-    """The finished undefended run of the cell's configuration in the bench, trained on this kind of device, whose
-    trained model the cell's run takes instead of training the same model again; None where there is none."""
-    from accelerate import PartialState
-
-    from .compute import device_kind
-
+    """The undefended run in the bench whose trained model the cell's run takes instead of training the same model
+    again; None where there is none to take."""
     twin = undefended_twin(cell)
-    if twin is None:
-        return None
-    source = bench_dir / "runs" / twin[0]
-    metrics = finished_metrics(source, twin[1])
-    if metrics is None or not (source / "model").is_dir() or device_kind(metrics) != PartialState().device.type:
-        return None
-    return source
+    return None if twin is None else takeable_source(bench_dir / "runs" / twin, cell.config)
 
 
 def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str | None = None) -> list[str]:
@@ -325,7 +315,7 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
 
     gpus = torch.cuda.device_count()
     pending, running, failed = list(cells), {}, []
-    waits_for = {c.hash: twin[0] for c in cells if (twin := undefended_twin(c)) is not None}
+    waits_for = {c.hash: twin for c in cells if (twin := undefended_twin(c)) is not None}
     configs, logs = bench_dir / "configs", bench_dir / "logs"
     configs.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)

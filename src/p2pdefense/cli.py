@@ -221,7 +221,7 @@ def bench(
             estimate = None if done else estimate_seconds(cell, store)
             total += estimate or 0.0
             twin = None if done else undefended_twin(cell)
-            status = "done" if done else "to run" + (f", takes the model of {twin[0]}" if twin else "")
+            status = "done" if done else "to run" + (f", takes the model of {twin}" if twin else "")
             table.add_row(cell.hash, cell.label, status, "" if estimate is None else f"{estimate:.0f} s")
         console.print(table)
         console.print(f"estimated time for the remaining cells: {total / 60:.0f} min (from past runs of the same "

@@ -318,6 +318,18 @@ def trains_as_undefended(config: RunConfig) -> bool:
         build_defense(config.defense, config.task.num_labels).trains_as_undefended()
 
 
+def takeable_source(source_dir: Path, config: RunConfig) -> Path | None:
+    """`source_dir` when the configuration's run may take its trained model (the finished undefended run of the
+    configuration, with its model, trained on the kind of device this process uses, and a defense that trains as
+    no defense does), else None: the run trains its own."""
+    if not trains_as_undefended(config):
+        return None
+    metrics = finished_metrics(source_dir, config.model_copy(update={"defense": no_defense()}))
+    if metrics is None or not (source_dir / "model").is_dir() or device_kind(metrics) != PartialState().device.type:
+        return None
+    return source_dir
+
+
 def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resume: bool) -> Path:
     """Check before any work that the run may start (or continue); returns its checkpoint directory."""
     checkpoints = checkpoint_dir_of(run_dir)
@@ -333,9 +345,8 @@ def _prepare_checkpoints(run_dir: Path, config: RunConfig, overwrite: bool, resu
         if not resume:
             raise RunExists(f"an interrupted run left checkpoints in {checkpoints}: pass --resume to continue it, "
                             "or --overwrite to start again")
-        before, now = comparable_config(load_config(saved)), comparable_config(config)
-        if before != now:
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        changed = _differing_sections(load_config(saved), config)
+        if changed:
             raise RunExists(f"--resume: the checkpoints in {checkpoints} belong to another configuration "
                             f"(sections that differ: {', '.join(changed)}); pass --overwrite to start again")
     return checkpoints
@@ -557,8 +568,7 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool 
     holds a finished run of the identical configuration is not run again (unless overwrite)."""
     root = Path(config.output_dir) / config.run_name
     rows = []
-    group = reference_configs(config, other_defenses)
-    for label, cfg in group.items():
+    for label, cfg in reference_configs(config, other_defenses).items():
         run_dir = root / label
         metrics = None if overwrite else finished_metrics(run_dir, cfg)
         if metrics is not None:
@@ -566,10 +576,8 @@ def run_with_baselines(config: RunConfig, overwrite: bool = False, resume: bool 
         else:
             log.info("== %s: attack=%s (rate %s), defense=%s", label, cfg.attack.name,
                      getattr(cfg.attack, "rate", 0), cfg.defense.name)
-            source = root / "undefended"
-            reuse = label != "clean" and trains_as_undefended(cfg) and finished_metrics(source, group["undefended"])
             run_dir, metrics = run(cfg, overwrite=overwrite, run_dir=run_dir, resume=resume,
-                                   trained_from=source if reuse else None)
+                                   trained_from=takeable_source(root / "undefended", cfg))
         rows.append({"setting": label, "run_dir": str(run_dir), **metrics})
     undefended = next(r for r in rows if r["setting"] == "undefended")
     clean = next((r for r in rows if r["setting"] == "clean"), None)
