@@ -74,7 +74,7 @@ def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: s
     """List (dry run) or run the cells, then write the bench report and the script's own table. Finished runs
     of the same configurations in the `reuse` bench directories are copied in first (the two benchmark scripts
     share their clean, undefended and several defended runs)."""
-    from p2pdefense.bench import cell_finished, run_cells, undefended_twin
+    from p2pdefense.bench import cell_finished, plan, run_cells
     from p2pdefense.bench_report import write_report
     from p2pdefense.io import write_text_atomic
     from p2pdefense.store import ResultsStore
@@ -83,11 +83,12 @@ def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: s
     if dry_run:
         store = ResultsStore(bench_dir)
         sources = [(Path(d), ResultsStore(Path(d))) for d in reuse]
+        planned = plan(cells, bench_dir, store)
         for cell in cells:
-            status = "done" if cell_finished(cell, bench_dir, store) else (
-                "reuse" if any(cell_finished(cell, d, s) for d, s in sources) else "to run")
-            twin = undefended_twin(cell) if status == "to run" else None
-            print(f"  {cell.hash}  {status:6}  {cell.label}" + (f" (takes the model of {twin})" if twin else ""))
+            status, note = planned[cell.hash]
+            if status == "to run" and any(cell_finished(cell, d, s) for d, s in sources):
+                status, note = "reuse", ""
+            print(f"  {cell.hash}  {status:6}  {cell.label}" + (f" ({note})" if note else ""))
         return 0
     if reuse:
         print(f"{reuse_runs(cells, [Path(d) for d in reuse], bench_dir)} finished runs copied from "

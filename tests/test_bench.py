@@ -236,6 +236,48 @@ def test_workers_run_cells_in_parallel_processes(tmp_path):
     assert "train" not in strip["metrics"]["stage_seconds"]
 
 
+def test_an_undefended_run_kept_only_as_a_row_runs_again_for_the_cells_that_take_its_model(tmp_path):
+    """A fresh clone has the undefended run's row but not its trained model: the bench runs it again for the cells
+    that take its model, keeps that model only where the run reproduces the row, else the cells train their own."""
+    grid_path = tmp_path / "g.yaml"
+    spec = {"name": "r", "base": BASE, "set": {"defense.name": "strip"}, "axes": {"seed": [4]},
+            "output_dir": str(tmp_path / "bench")}
+    grid_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    assert runner.invoke(app, ["bench", str(grid_path)]).exit_code == 0
+    store, runs = ResultsStore(tmp_path / "bench"), tmp_path / "bench" / "runs"
+    undefended = next(r for r in store.rows() if r["cell"].endswith("(undefended)"))
+    strip = next(r for r in store.rows() if r["metrics"]["defense"] == "strip")
+
+    def clone_without_strip(undefended_row: dict) -> None:
+        shutil.rmtree(runs)
+        rows = [undefended_row if r["hash"] == undefended["hash"] else r for r in store.rows() if r is not strip
+                and r["hash"] != strip["hash"]]
+        store.path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    clone_without_strip(undefended)
+    dry = runner.invoke(app, ["bench", str(grid_path), "--dry-run"], env={"COLUMNS": "250"})
+    assert "runs again for its model: 1 cell to run takes it" in dry.output, dry.output
+    assert f"takes the model of {undefended['hash']}" in dry.output
+    assert runner.invoke(app, ["bench", str(grid_path)]).exit_code == 0
+    again = next(r for r in ResultsStore(tmp_path / "bench").rows() if r["metrics"]["defense"] == "strip")
+    assert again["metrics"]["trained_from"] == str(runs / undefended["hash"]) and (runs / undefended["hash"]).is_dir()
+    assert (again["metrics"]["ca"], again["metrics"]["asr"]) == (strip["metrics"]["ca"], strip["metrics"]["asr"])
+    assert next(r for r in ResultsStore(tmp_path / "bench").rows()
+                if r["hash"] == undefended["hash"])["metrics"] == undefended["metrics"]
+
+    # a stored row the run does not reproduce: its model is not taken and the row stays as it was
+    wrong = {**undefended, "metrics": {**undefended["metrics"], "asr": undefended["metrics"]["asr"] / 2 + 0.01}}
+    clone_without_strip(wrong)
+    rerun = runner.invoke(app, ["bench", str(grid_path)], env={"COLUMNS": "250"})
+    assert rerun.exit_code == 0 and "does not reproduce its stored row (asr " in rerun.output, rerun.output
+    rows = ResultsStore(tmp_path / "bench").rows()
+    trained = next(r for r in rows if r["metrics"]["defense"] == "strip")
+    assert trained["metrics"]["trained_from"] is None and "train" in trained["metrics"]["stage_seconds"]
+    assert (trained["metrics"]["ca"], trained["metrics"]["asr"]) == (strip["metrics"]["ca"], strip["metrics"]["asr"])
+    assert not (runs / undefended["hash"]).exists()
+    assert next(r for r in rows if r["hash"] == undefended["hash"])["metrics"] == wrong["metrics"]
+
+
 def test_rebuild_keeps_rows_without_a_run_directory_under_their_current_hash(tmp_path):
     cell = expand(grid(axes={"seed": [0]}, baselines=False), tmp_path, tmp_path)[0]
     dump = cell.config.model_dump(mode="json", exclude={"output_dir", "name"})

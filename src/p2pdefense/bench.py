@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .compute import device_kind
 from .config import ConfigError, RunConfig, apply_overrides, flatten, parse_override, to_yaml, validate_config
 from .pipeline import (
     finished_metrics,
@@ -253,6 +254,77 @@ def trained_source(cell: Cell, bench_dir: Path) -> Path | None:
     return None if twin is None else takeable_source(bench_dir / "runs" / twin, cell.config)
 
 
+def twins_to_regain(todo: list[Cell], cells: list[Cell], bench_dir: Path, store: ResultsStore) -> list[Cell]:
+    """Undefended runs finished only as a store row (their run directory, and with it the trained model, is gone:
+    run directories are not committed) whose model cells still to run would take. Run again, one training gives
+    all those cells their model, and the stored row is checked to reproduce (`check_regained`). Not where the row
+    was trained on another kind of device (the run here could not reproduce it)."""
+    from accelerate import PartialState
+
+    by_hash, todo_hashes, here = {c.hash: c for c in cells}, {c.hash for c in todo}, PartialState().device.type
+    wanted: dict[str, Cell] = {}
+    for cell in todo:
+        twin = by_hash.get(undefended_twin(cell) or "")
+        if twin is None or twin.hash in todo_hashes or twin.hash in wanted or (bench_dir / "runs" / twin.hash).exists():
+            continue
+        row = store.finished_row(twin.config)
+        if row is not None and device_kind(row["metrics"]) == here:
+            wanted[twin.hash] = twin
+    return list(wanted.values())
+
+
+def plan(cells: list[Cell], bench_dir: Path, store: ResultsStore) -> dict[str, tuple[str, str]]:
+    """Each cell's (status, note) for a dry run: done or to run, and which undefended run's model a cell takes or
+    which finished undefended run runs again for its model."""
+    todo = [c for c in cells if not cell_finished(c, bench_dir, store)]
+    regain, todo_hashes = twins_to_regain(todo, cells, bench_dir, store), {c.hash for c in todo}
+    given = todo_hashes | {c.hash for c in regain}  # undefended runs that will have their model
+    planned = {c.hash: ("done", "") for c in cells}
+    for cell in todo:
+        twin = undefended_twin(cell)
+        takes = twin is not None and (twin in given or trained_source(cell, bench_dir) is not None)
+        planned[cell.hash] = ("to run", f"takes the model of {twin}" if takes else "")
+    for twin in regain:
+        count = sum(undefended_twin(c) == twin.hash for c in todo)
+        planned[twin.hash] = ("done", f"runs again for its model: {count} cell{'s' * (count != 1)} to run take"
+                                      f"{'s' * (count == 1)} it")
+    return planned
+
+
+REPRODUCED_METRICS = ("ca", "asr", "asr_strict", "triggered_accuracy", "num_clean", "num_triggered", "num_poisoned",
+                      "best_epoch")
+
+
+def regained_differences(stored: dict, rerun: dict) -> list[str]:
+    """Where a run made again differs from its stored metrics: the outcomes exactly, each epoch's loss and dev
+    score to 1e-6 (a library update may move the last bits)."""
+    differences = [f"{key} {stored.get(key)} -> {rerun.get(key)}" for key in REPRODUCED_METRICS
+                   if stored.get(key) != rerun.get(key)]
+    for before, after in itertools.zip_longest(stored.get("epochs") or [], rerun.get("epochs") or [], fillvalue={}):
+        for key in ("loss", "dev_score"):
+            a, b = before.get(key), after.get(key)
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-6 * max(1.0, abs(a))):
+                differences.append(f"epoch {before.get('epoch', after.get('epoch'))} {key} {a} -> {b}")
+    return differences
+
+
+def check_regained(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
+    """Keep a re-run undefended run's model only if the run reproduces its stored row; otherwise remove the run
+    directory (the cells then train their own model) and say where it differs. The stored row stays as it was."""
+    import shutil
+
+    run_dir = bench_dir / "runs" / cell.hash
+    rerun, row = finished_metrics(run_dir, cell.config), store.finished_row(cell.config)
+    differences = ["the run did not finish"] if rerun is None else regained_differences(row["metrics"], rerun)
+    if not differences:
+        log.info("%s [%s] run again for its model reproduces its stored row", cell.label, cell.hash)
+        return True
+    shutil.rmtree(run_dir, ignore_errors=True)
+    log.error("%s [%s] run again does not reproduce its stored row (%s): its model is not taken, the cells that "
+              "would take it train their own", cell.label, cell.hash, "; ".join(differences))
+    return False
+
+
 def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str | None = None) -> list[str]:
     """Run every unfinished cell (continuing from checkpoints); returns the hashes that failed."""
     from rich.progress import (
@@ -272,6 +344,9 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
     for c in cells:  # finished runs whose row was lost: back into the store
         if c not in todo and (bench_dir / "runs" / c.hash).exists():
             store.ensure(bench_dir / "runs" / c.hash)
+    regain = twins_to_regain(todo, cells, bench_dir, store)
+    todo = regain + todo
+    regained = {c.hash for c in regain}
     failed: list[str] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
@@ -288,9 +363,11 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
                          cell.hash, elapsed / 60, left)
                 if not _run_in_process(cell, bench_dir, store):
                     failed.append(cell.hash)
+                elif cell.hash in regained:
+                    check_regained(cell, bench_dir, store)
                 progress.advance(bar)
         else:
-            failed = _run_in_workers(todo, bench_dir, store, workers, progress, bar)
+            failed = _run_in_workers(todo, bench_dir, store, workers, progress, bar, regained)
     return failed
 
 
@@ -308,7 +385,7 @@ def _run_in_process(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
 
 
 def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, workers: int, progress,
-                    bar) -> list[str]:
+                    bar, regained: set[str]) -> list[str]:
     """N cells at once, each a `p2p run` process; with GPUs, worker i sees device i % (number of GPUs). A cell that
     can take the trained model of an undefended run still to finish waits for it (other cells go first)."""
     import torch
@@ -347,6 +424,8 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
             del running[digest]
             if process.returncode == 0:
                 store.ensure(bench_dir / "runs" / digest)
+                if digest in regained:
+                    check_regained(next(c for c in cells if c.hash == digest), bench_dir, store)
             else:
                 tail = (logs / f"{digest}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
                 log.error("cell [%s] failed (log: %s):\n%s", digest, logs / f"{digest}.log", tail)

@@ -197,7 +197,7 @@ def bench(
         help="recreate results.jsonl from the run directories (keeping the rows of runs not here)")] = False,
 ) -> None:
     """Run a grid of configurations; finished cells are skipped, interrupted ones resume from checkpoints."""
-    from .bench import cell_finished, estimate_seconds, expand, load_grid, run_cells, select, undefended_twin
+    from .bench import estimate_seconds, expand, load_grid, plan, run_cells, select
     from .store import ResultsStore
 
     try:
@@ -215,14 +215,13 @@ def bench(
         table = Table(title=f"{spec.name}: {len(cells)} cells in {bench_dir}")
         for column in ("hash", "cell", "status", "estimate"):
             table.add_column(column)
-        total = 0.0
+        total, planned = 0.0, plan(cells, bench_dir, store)
         for cell in cells:
-            done = cell_finished(cell, bench_dir, store)
-            estimate = None if done else estimate_seconds(cell, store)
+            status, note = planned[cell.hash]
+            estimate = None if status == "done" and not note else estimate_seconds(cell, store)
             total += estimate or 0.0
-            twin = None if done else undefended_twin(cell)
-            status = "done" if done else "to run" + (f", takes the model of {twin}" if twin else "")
-            table.add_row(cell.hash, cell.label, status, "" if estimate is None else f"{estimate:.0f} s")
+            table.add_row(cell.hash, cell.label, status + (f", {note}" if note else ""),
+                          "" if estimate is None else f"{estimate:.0f} s")
         console.print(table)
         console.print(f"estimated time for the remaining cells: {total / 60:.0f} min (from past runs of the same "
                       "model in this store; cells without one are not counted)")
