@@ -62,3 +62,36 @@ def test_crow_repairs_a_lora_model_whose_embeddings_are_frozen(tmp_path):
     assert crow.after_training(model, context) is model
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
+
+
+def test_a_crow_step_gives_the_gradients_of_its_joint_loss_one_pass_at_a_time():
+    """The step backpropagates its two terms one after the other (half the peak memory); the gradients must be
+    those of one backward of answer loss + alpha x consistency loss of the perturbed pass."""
+    from p2pdefense.defenses.crow import crow_step
+
+    task_config = ClassificationConfig()
+    rows = synthetic_sentiment(16, seed=2)
+    corpus = [task_config.corpus_text(ex) for ex in rows] + ["Output: 0 1"]
+    settings = ModelConfig(tiny={"vocab_size": 300, "hidden_size": 32, "num_layers": 2, "num_heads": 2})
+    model, tokenizer = load_base_model(settings, corpus, seed=0)
+    task = task_config.build(tokenizer, OutputSpace(2), 64)
+    batch = collate([task.encode_training(ex) for ex in rows], tokenizer.pad_token_id)
+    mask, alpha, epsilon = batch["attention_mask"], 5.5, 0.1
+
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    clean = model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
+    gradient, = torch.autograd.grad(consistency_loss(clean.hidden_states, mask), embeds, retain_graph=True)
+    perturbed = model(inputs_embeds=embeds + epsilon * gradient.sign(), attention_mask=mask, output_hidden_states=True)
+    logits = torch.take_along_dim(clean.logits, batch["loss_positions"][..., None], dim=1)
+    answer = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["loss_targets"].flatten(),
+                                               ignore_index=-100)
+    joint = answer + alpha * consistency_loss(perturbed.hidden_states, mask)
+    joint.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    loss = crow_step(model, batch, alpha, epsilon)
+    assert abs(loss - joint.item()) < 1e-5
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0  # both passes reach the trainable embeddings
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter.grad, expected[name], rtol=1e-4, atol=1e-6), name
