@@ -287,3 +287,18 @@ def test_rebuild_keeps_rows_without_a_run_directory_under_their_current_hash(tmp
     assert store.rebuild() == 1
     assert [r["hash"] for r in ResultsStore(tmp_path).rows()] == [cell.hash]
     assert ResultsStore(tmp_path).finished_row(cell.config)["metrics"]["ca"] == 0.5
+
+
+def test_a_run_made_again_reproduces_its_row_when_outcomes_match_and_losses_agree_to_1e3():
+    from p2pdefense.bench import regained_differences
+
+    stored = {"ca": 0.88, "asr": 1.0, "best_epoch": 2,
+              "epochs": [{"epoch": 1, "loss": 0.38782217, "dev_score": 0.8462}, {"epoch": 2, "loss": 0.1288186}]}
+    summed_otherwise = {**stored, "epochs": [{"epoch": 1, "loss": 0.38781093, "dev_score": 0.8462},
+                                             {"epoch": 2, "loss": 0.1288252}]}  # measured: another thread count
+    assert regained_differences(stored, summed_otherwise) == []
+    assert regained_differences(stored, {**stored, "asr": 0.99}) == ["asr 1.0 -> 0.99"]
+    trained_otherwise = {**stored, "epochs": [stored["epochs"][0], {"epoch": 2, "loss": 0.131}]}
+    assert regained_differences(stored, trained_otherwise) == ["epoch 2 loss 0.1288186 -> 0.131"]
+    one_epoch = {**stored, "epochs": stored["epochs"][:1]}
+    assert regained_differences(stored, one_epoch) == ["epoch 2 loss 0.1288186 -> None"]

@@ -297,13 +297,14 @@ REPRODUCED_METRICS = ("ca", "asr", "asr_strict", "triggered_accuracy", "num_clea
 
 def regained_differences(stored: dict, rerun: dict) -> list[str]:
     """Where a run made again differs from its stored metrics: the outcomes exactly, each epoch's loss and dev
-    score to 1e-6 (a library update may move the last bits)."""
+    score to a relative 1e-3 (another thread count sums in another order: an AddSent SmolLM2 run made again with
+    the same outcomes moved its epoch losses by 3e-5)."""
     differences = [f"{key} {stored.get(key)} -> {rerun.get(key)}" for key in REPRODUCED_METRICS
                    if stored.get(key) != rerun.get(key)]
     for before, after in itertools.zip_longest(stored.get("epochs") or [], rerun.get("epochs") or [], fillvalue={}):
         for key in ("loss", "dev_score"):
             a, b = before.get(key), after.get(key)
-            if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-6 * max(1.0, abs(a))):
+            if (a is None) != (b is None) or (a is not None and abs(a - b) > 1e-3 * max(1.0, abs(a))):
                 differences.append(f"epoch {before.get('epoch', after.get('epoch'))} {key} {a} -> {b}")
     return differences
 
