@@ -112,7 +112,9 @@ STORES = {
                               "undefended runs on CPU; seed 1: CUBE on CTBA, AddSent and clean-label BadNets "
                               "(CPU); seeds 0-1: BKI on clean-label BadNets (CPU); seed 0 on CPU: STRIP, "
                               "fine-tuning, CROW and Wanda on VPI, each taking the undefended run's trained model, "
-                              "and SynBkd's undefended run with STRIP and Wanda on it; the clean and "
+                              "and SynBkd's clean and undefended runs with STRIP, Wanda and fine-tuning on it; "
+                              "seed 1 on CPU: CUBE and STRIP on BadNets; seed 0 on CPU: Wanda and STRIP on AddSent "
+                              "(taking its undefended model, run again because only its row was kept); the clean and "
                               "undefended runs of clean-label BadNets, AddSent and CTBA seed 1, and the P2P/PDB "
                               "cells of AddSent and clean-label BadNets, copied from the SmolLM2 ablation's store",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
@@ -129,7 +131,10 @@ STORES = {
                               "strip-1% strip-5% (then wanda finetune-200 crow-200); the same with --attacks "
                               "synbkd-imdb --defenses strip-1% cube --workers 2 (its clean run died of memory, CUBE "
                               "never started; the STRIP and Wanda cells ran as p2p run CONFIG --resume --trained-from "
-                              "the undefended run); on the H200, from a "
+                              "the undefended run; the clean run then as p2p run CONFIG --resume, and --defenses "
+                              "crow-200 finetune-200, whose CROW cell died of memory); --seeds 1 --attacks badnets "
+                              "--defenses cube (then strip-1%); --seeds 0 --attacks addsent --defenses wanda strip-1%; "
+                              "on the H200, from a "
                               "store without those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--workers 12 --reuse --attacks badnets ctba addsent badnets-clean-label vpi "
                               "synbkd-imdb (stopped after 8 min)"),
