@@ -273,12 +273,17 @@ def twins_to_regain(todo: list[Cell], cells: list[Cell], bench_dir: Path, store:
     return list(wanted.values())
 
 
+def schedule(cells: list[Cell], bench_dir: Path, store: ResultsStore) -> tuple[list[Cell], list[Cell]]:
+    """The cells still to run, and the finished undefended runs to run again for their model (`twins_to_regain`)."""
+    todo = [c for c in cells if not cell_finished(c, bench_dir, store)]
+    return todo, twins_to_regain(todo, cells, bench_dir, store)
+
+
 def plan(cells: list[Cell], bench_dir: Path, store: ResultsStore) -> dict[str, tuple[str, str]]:
     """Each cell's (status, note) for a dry run: done or to run, and which undefended run's model a cell takes or
     which finished undefended run runs again for its model."""
-    todo = [c for c in cells if not cell_finished(c, bench_dir, store)]
-    regain, todo_hashes = twins_to_regain(todo, cells, bench_dir, store), {c.hash for c in todo}
-    given = todo_hashes | {c.hash for c in regain}  # undefended runs that will have their model
+    todo, regain = schedule(cells, bench_dir, store)
+    given = {c.hash for c in todo + regain}  # undefended runs that will have their model
     planned = {c.hash: ("done", "") for c in cells}
     for cell in todo:
         twin = undefended_twin(cell)
@@ -341,13 +346,11 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
     store.record_labels({c.hash: c.label for c in cells})
     if migrate_run_dirs(cells, bench_dir):
         store.rebuild()  # its rows still name the old hashes
-    todo = [c for c in cells if not cell_finished(c, bench_dir, store)]
+    todo, regain = schedule(cells, bench_dir, store)
     for c in cells:  # finished runs whose row was lost: back into the store
         if c not in todo and (bench_dir / "runs" / c.hash).exists():
             store.ensure(bench_dir / "runs" / c.hash)
-    regain = twins_to_regain(todo, cells, bench_dir, store)
-    todo = regain + todo
-    regained = {c.hash for c in regain}
+    todo, regained = regain + todo, {c.hash for c in regain}
     failed: list[str] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
