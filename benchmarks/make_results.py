@@ -114,7 +114,8 @@ STORES = {
                               "fine-tuning, CROW and Wanda on VPI, each taking the undefended run's trained model, "
                               "and SynBkd's clean and undefended runs with STRIP, Wanda and fine-tuning on it; "
                               "seed 1 on CPU: CUBE and STRIP on BadNets; seed 0 on CPU: Wanda and STRIP on AddSent "
-                              "(taking its undefended model, run again because only its row was kept); the clean and "
+                              "(taking its undefended model, run again because only its row was kept); CUBE on "
+                              "SynBkd (CPU, seed 0); fine-tuning on BadNets seed 1 (CPU); the clean and "
                               "undefended runs of clean-label BadNets, AddSent and CTBA seed 1, and the P2P/PDB "
                               "cells of AddSent and clean-label BadNets, copied from the SmolLM2 ablation's store",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
@@ -134,6 +135,8 @@ STORES = {
                               "the undefended run; the clean run then as p2p run CONFIG --resume, and --defenses "
                               "crow-200 finetune-200, whose CROW cell died of memory); --seeds 1 --attacks badnets "
                               "--defenses cube (then strip-1%); --seeds 0 --attacks addsent --defenses wanda strip-1%; "
+                              "--seeds 0 --attacks synbkd-imdb --defenses cube (alone, OMP_NUM_THREADS=2); "
+                              "--seeds 1 --attacks badnets --defenses crow-200 finetune-200 (CROW stopped for time); "
                               "on the H200, from a "
                               "store without those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--workers 12 --reuse --attacks badnets ctba addsent badnets-clean-label vpi "
