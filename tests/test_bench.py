@@ -164,6 +164,17 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     assert len(store.rows()) == 6
 
 
+def test_a_cell_keeps_its_first_label_when_another_grid_shares_its_run(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.record_labels({"aaa": "badnets | cube, seed=0 (undefended)"})
+    store.record_labels({"aaa": "badnets | crow-200, seed=0 (undefended)", "bbb": "badnets | crow-200, seed=0"})
+    assert store.labels() == {"aaa": "badnets | cube, seed=0 (undefended)", "bbb": "badnets | crow-200, seed=0"}
+    before = (tmp_path / "cells.json").stat().st_mtime_ns
+    store.record_labels({"bbb": "renamed"})  # nothing new: the file is not rewritten
+    assert (tmp_path / "cells.json").stat().st_mtime_ns == before
+    assert store.labels()["bbb"] == "badnets | crow-200, seed=0"
+
+
 def test_bench_runs_resumes_rebuilds_and_reports(tmp_path, monkeypatch):
     grid_path = tmp_path / "g.yaml"
     grid_path.write_text(yaml.safe_dump({"name": "e2e", "base": BASE, "axes": {"seed": [0, 1]},

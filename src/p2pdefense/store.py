@@ -94,12 +94,15 @@ class ResultsStore:
             self._rows[row["hash"]] = row
 
     def record_labels(self, labels: dict[str, str]) -> None:
-        """Remember each cell's label by hash (cells.json), so that a rebuilt store keeps them."""
+        """Remember each cell's label by hash (cells.json), so that a rebuilt store keeps them. A hash keeps the
+        label it got first: a reference run (clean, undefended) shared by grids that name it after their own
+        defenses is not renamed by each grid that runs, and a label edited by hand stays."""
         from .io import write_json_atomic
 
         path = self.bench_dir / "cells.json"
         known = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        write_json_atomic(path, {**known, **labels})
+        if labels.keys() - known.keys():
+            write_json_atomic(path, {**known, **{h: label for h, label in labels.items() if h not in known}})
 
     def labels(self) -> dict[str, str]:
         path = self.bench_dir / "cells.json"
