@@ -115,7 +115,8 @@ STORES = {
                               "and SynBkd's clean and undefended runs with STRIP, Wanda and fine-tuning on it; "
                               "seed 1 on CPU: CUBE and STRIP on BadNets; seed 0 on CPU: Wanda and STRIP on AddSent "
                               "(taking its undefended model, run again because only its row was kept); CUBE on "
-                              "SynBkd (CPU, seed 0); fine-tuning and BKI on BadNets seed 1, CROW on BadNets "
+                              "SynBkd (CPU, seed 0); fine-tuning, BKI, Wanda and STRIP at 5% on BadNets seed 1, "
+                              "CROW on BadNets "
                               "seeds 0-1 (CPU); the clean and "
                               "undefended runs of clean-label BadNets, AddSent and CTBA seed 1, and the P2P/PDB "
                               "cells of AddSent and clean-label BadNets, copied from the SmolLM2 ablation's store",
