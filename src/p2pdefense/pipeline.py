@@ -152,6 +152,10 @@ def tokenizer_corpus(clean_rows: list[Example], config: RunConfig) -> list[str]:
     return [config.task.corpus_text(ex) for ex in clean_rows] + strings
 
 
+def corpus_digest(corpus: list[str]) -> str:
+    return hashlib.sha256("\0".join(corpus).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def prepare_data(config: RunConfig) -> PreparedData:
     """Load and split the data, poison the training rows, trigger the test rows (seeded per stage)."""
     splits = load_splits(config)
@@ -192,7 +196,7 @@ def attack_stealth(config: RunConfig, clean: list[Example], poisoned: list[Examp
     parts = {"stealth_reference": config.stealth_reference, "model": config.model.model_dump(mode="json"),
              "seed": config.seed, "numerics": numerics}
     if config.model.preset == "tiny":  # its base model's tokenizer is trained on this corpus
-        parts["tokenizer_corpus"] = hashlib.sha256("\0".join(corpus).encode("utf-8", "surrogatepass")).hexdigest()
+        parts["tokenizer_corpus"] = corpus_digest(corpus)
     report = cached_scores(cache_root() / "stealth", clean + poisoned, parts, measure)
     return {**report, "reference": config.stealth_reference or "base model"}
 
@@ -376,14 +380,13 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
                             lambda: train_probe(rows, settings, config.task, load_probe_base, config.train,
                                                 learning_rate, config.seed, device, mixed_precision))
 
-    def score_cache(rows, settings, compute):  # a "base" reference depends on the run's model and seed
-        return cached_scores(cache_root() / "scores", rows, {**settings, **identity}, compute)
-
     def text_score_cache(texts, settings, compute):
         # a named reference (SmolLM2, a hub id, a path) scores a text the same for every run, seed and model that
         # loads it the same way; only the run's own base model ("base") makes the scores the run's
         reference = settings.get("reference", "base")
         owner = identity if reference == "base" else {"reference_dtype": config.model.dtype, "numerics": numerics}
+        if reference == "base" and config.model.preset == "tiny":  # its tokenizer is trained on this corpus
+            owner = {**owner, "tokenizer_corpus": corpus_digest(corpus)}
         return cached_text_scores(cache_root() / "text-scores", texts, {**settings, **owner}, compute)
 
     return DefenseContext(
@@ -392,7 +395,7 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
         learning_rate=learning_rate, mixed_precision=mixed_precision,
         trusted_source=trusted_loader(config, splits.trusted),
         probe_source=probe_statistics, probe_model_source=probe_model,
-        reference_source=lambda name: load_reference(name, config, corpus, device), score_cache=score_cache,
+        reference_source=lambda name: load_reference(name, config, corpus, device),
         text_score_cache=text_score_cache)
 
 

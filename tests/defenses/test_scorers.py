@@ -197,24 +197,36 @@ def test_a_probe_models_weights_are_cached_and_read_back_instead_of_training(tmp
         probe(ModelConfig(tiny={**small, "num_layers": 2}, dtype="float32"))
 
 
-def test_reference_scores_are_cached_by_rows_and_settings(sentiment_reference, tmp_path):
-    from p2pdefense.defenses.probe import cached_scores
+def test_reference_scores_are_cached_per_row_so_another_attacks_rows_score_only_what_changed(sentiment_reference,
+                                                                                             tmp_path):
+    from p2pdefense.defenses import OutputSpace
+    from p2pdefense.defenses.probe import cached_text_scores
     from p2pdefense.defenses.scorers import ReferenceAgreementConfig
 
     task_config, model, tokenizer = sentiment_reference
     rows = [ex.blinded() for ex in synthetic_sentiment(20, seed=4)]
-    loads = []
+    loads, scored = [], []
 
     def context():
-        return DefenseContext(task_config=task_config, batch_size=8,
-                              reference_source=lambda name: loads.append(name) or (model, tokenizer),
-                              score_cache=lambda r, settings, compute: cached_scores(tmp_path, r, settings, compute))
+        def cache(keys, settings, compute):
+            return cached_text_scores(tmp_path, keys, settings, lambda batch: scored.extend(batch) or compute(batch))
+        return DefenseContext(task_config=task_config, batch_size=8, text_score_cache=cache,
+                              reference_source=lambda name: loads.append(name) or (model, tokenizer))
 
     scorer = build_scorer(ReferenceAgreementConfig(label_words=["bad", "good"]), "base")
     first = scorer.suspicion(rows, context())
+    task = task_config.build(tokenizer, OutputSpace(2), 512)
+    margins, _ = task.margins(model, rows, 8, "cpu")
+    assert first == pytest.approx([-m for m in margins], abs=1e-4)  # a row alone scores as in a padded batch
+    assert len(scored) == 20
     assert scorer.suspicion(rows, context()) == first and loads == ["base"]  # the second run loads nothing
+    # another attack on the same rows: a trigger in 2 texts, 1 label flipped; only those 3 rows are scored
+    changed = [Example(ex.text + " mn", ex.label, ex.meta) if i < 2 else
+               Example(ex.text, 1 - ex.label, ex.meta) if i == 2 else ex for i, ex in enumerate(rows)]
+    again = scorer.suspicion(changed, context())
+    assert len(scored) == 23 and again[3:] == first[3:] and again[2] == pytest.approx(-first[2], abs=1e-4)
     build_scorer(ReferenceAgreementConfig(label_words=["good", "bad"]), "base").suspicion(rows, context())
-    assert loads == ["base", "base"]  # other settings: scored again
+    assert len(scored) == 43  # other settings: scored again
 
 
 def test_margins_also_name_the_answer_the_model_prefers(sentiment_reference):
@@ -270,3 +282,26 @@ def test_text_scores_are_cached_per_text_and_settings_in_order_with_repeats(tmp_
     with pytest.raises(ValueError, match="returned 0 scores for 1 text"):
         cached_text_scores(tmp_path, ["x", "y"], {"k": 1}, lambda texts: [])
     assert cached_text_scores(tmp_path, ["x"], {"k": 1}, compute) == [[1, "X"]]  # nothing half-written was kept
+
+
+def test_a_killed_text_scoring_keeps_what_it_saved(tmp_path, monkeypatch):
+    from p2pdefense.defenses import probe
+
+    monkeypatch.setattr(probe, "SAVE_EVERY", 2)
+    asked: list[str] = []
+
+    def lengths(texts):
+        asked.extend(texts)
+        return [len(texts[0])]
+
+    def dies_at_the_fifth(texts):
+        if len(asked) == 4:
+            raise KeyboardInterrupt
+        return lengths(texts)
+
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    with pytest.raises(KeyboardInterrupt):
+        probe.cached_text_scores(tmp_path, texts, {"k": 1}, dies_at_the_fifth)
+    asked.clear()
+    assert probe.cached_text_scores(tmp_path, texts, {"k": 1}, lengths) == [1, 2, 3, 4, 5]
+    assert asked == ["eeeee"]  # two saves of two texts each were kept

@@ -123,16 +123,18 @@ def test_a_named_references_text_scores_are_shared_across_seeds_and_models_the_b
         scored.extend(texts)
         return [len(t) for t in texts]
 
-    def context(*overrides):
+    def context(*overrides, corpus=()):
         config = load_config(None, [*SMALL, *overrides, f"output_dir={tmp_path}"])
-        return pipeline.defense_context(config, pipeline.load_splits(config), [], 1e-3, None, "cpu")
+        return pipeline.defense_context(config, pipeline.load_splits(config), list(corpus), 1e-3, None, "cpu")
 
     for reference in ("smollm2-135m", "base"):
         scored.clear()
         for overrides in ([], ["seed=1"], ["model.tiny.hidden_size=48"]):  # another seed, another model
             assert context(*overrides).cached_text_scores(["a b", "c"], {"reference": reference}, score) == [3, 1]
+        # a tiny base model's tokenizer is trained on the run's corpus: another corpus, another model
+        assert context(corpus=["d e"]).cached_text_scores(["c"], {"reference": reference}, score) == [1]
         # the named reference scored each text once; the run's base model is another model on each run
-        assert scored == (["a b", "c"] if reference != "base" else ["a b", "c"] * 3)
+        assert scored == (["a b", "c"] if reference != "base" else ["a b", "c"] * 3 + ["c"])
 
 
 def test_runs_of_a_grid_share_the_reference_scores_of_their_common_texts(tmp_path, monkeypatch):

@@ -34,8 +34,6 @@ class DefenseContext:
     probe_source: Callable[[Any, list[Example]], Any] | None = None
     probe_model_source: Callable[[Any, list[Example]], tuple[Any, Any]] | None = None
     reference_source: Callable[[str], tuple[Any, Any]] | None = None
-    score_cache: Callable[[list[Example], dict, Callable[[], Any]], Any] | None = None
-    """Caches per-row scores (any JSON value) by rows and settings (None: compute every time)."""
     text_score_cache: Callable[[list[str], dict, Callable[[list[str]], list]], list] | None = None
     """Caches one score per text by text and settings, across runs; computes only the texts not yet cached, one
     at a time."""
@@ -73,9 +71,6 @@ class DefenseContext:
         if self.probe_source is None:
             raise MissingRequirement("this defense needs a probe model, which this run cannot train")
         return self.probe_source(settings, rows)
-
-    def cached_scores(self, rows: list[Example], settings: dict, compute: Callable[[], Any]) -> Any:
-        return compute() if self.score_cache is None else self.score_cache(rows, settings, compute)
 
     def cached_text_scores(self, texts: list[str], settings: dict, compute: Callable[[list[str]], list]) -> list:
         """One score per text; `compute([text])` scores each distinct text the cache does not hold."""

@@ -252,12 +252,17 @@ def cached_scores(cache_dir: Path, rows: list[Example], parts: dict, compute: Ca
     return scores
 
 
+SAVE_EVERY = 200
+"""Texts scored between two writes of the text-score cache."""
+
+
 def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
                        compute: Callable[[list[str]], list]) -> list:
     """One score (any JSON value) per text, cached by text in one SQLite file per settings: runs that share a
     reference model and settings (a grid's attacks and defenses on one seed) score each distinct text once.
     `compute([text])` is called for each distinct text not yet cached, so a text's score and its FLOPs (kept with
-    it) are its own; several processes may share the file (SQLite locks it)."""
+    it) are its own; the scores are saved every SAVE_EVERY texts (a killed run keeps them); several processes may
+    share the file (SQLite locks it)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{content_key([], parts)}.sqlite"
     distinct = list(dict.fromkeys(texts))
@@ -273,16 +278,23 @@ def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
     credit_cached(cached_flops)
     missing = [text for text in distinct if text not in known]
     fresh = []
+
+    def save() -> None:
+        with closing(sqlite3.connect(path, timeout=600)) as db, db:
+            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
+        known.update((text, value) for text, value, _ in fresh)
+        fresh.clear()
+
     for text in missing:
         with counting_compute() as spent:
             values = compute([text])
         if len(values) != 1:
             raise ValueError(f"the scorer returned {len(values)} scores for 1 text")
         fresh.append((text, json.dumps(values[0]), spent.flops + spent.cached_flops))
+        if len(fresh) == SAVE_EVERY:  # a killed run keeps what it scored
+            save()
     if fresh:
-        with closing(sqlite3.connect(path, timeout=600)) as db, db:
-            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
-        known.update((text, value) for text, value, _ in fresh)
+        save()
     if texts:
         log.info("%d of %d distinct texts' scores from %s", len(distinct) - len(missing), len(distinct), path)
     return [json.loads(known[text]) for text in texts]

@@ -10,6 +10,7 @@ One registry (SCORERS) keyed by the config's `name`; a new scorer is one config 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, ClassVar, Literal, Union
 
 import torch
@@ -116,20 +117,29 @@ class ReferenceAgreement(Scorer):
     config_class = ReferenceAgreementConfig
 
     def _scored(self, examples: list[Example], context: DefenseContext) -> dict:
+        """Each row scored on its own (one forward pass, no padding) and cached by its content: the attacks and
+        seeds of one dataset share almost every row, so a grid scores each distinct row once."""
         from .output_space import OutputSpace
 
         task_config = context.task_config.zero_shot(self.config.template, self.config.cue, self.config.label_words,
                                                     self.config.use_chat_template)
+        keys = [json.dumps([ex.instruction, ex.text, ex.label, ex.target]) for ex in examples]
+        row_of = dict(zip(keys, examples, strict=True))
+        task = None
 
-        def compute() -> dict:
+        def compute(batch: list[str]) -> list:
+            nonlocal task
+            (key,) = batch
             model, tokenizer = context.reference(self.reference)
-            task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), self.config.max_prompt_tokens)
-            margins, preferred = task.margins(model, examples, context.batch_size, context.device)
-            return {"suspicion": [-m for m in margins], "preferred": preferred}
+            if task is None:
+                task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), self.config.max_prompt_tokens)
+            margins, preferred = task.margins(model, [row_of[key]], 1, context.device)
+            return [{"suspicion": -margins[0], "preferred": preferred[0]}]
 
         settings = {"scorer": self.config.model_dump(mode="json"), "reference": self.reference,
-                    "task": task_config.model_dump(mode="json"), "format": "suspicion+preferred"}
-        return context.cached_scores(examples, settings, compute)
+                    "task": task_config.model_dump(mode="json"), "format": "row: suspicion+preferred"}
+        scored = context.cached_text_scores(keys, settings, compute)
+        return {"suspicion": [row["suspicion"] for row in scored], "preferred": [row["preferred"] for row in scored]}
 
     def suspicion(self, examples: list[Example], context: DefenseContext) -> list[float]:
         return self._scored(examples, context)["suspicion"]
