@@ -284,10 +284,11 @@ def test_text_scores_are_cached_per_text_and_settings_in_order_with_repeats(tmp_
     assert cached_text_scores(tmp_path, ["x"], {"k": 1}, compute) == [[1, "X"]]  # nothing half-written was kept
 
 
-def test_a_killed_text_scoring_keeps_what_it_saved(tmp_path, monkeypatch):
+def test_a_killed_text_scoring_keeps_the_chunks_it_saved(tmp_path, monkeypatch):
     from p2pdefense.defenses import probe
 
     monkeypatch.setattr(probe, "SAVE_EVERY", 2)
+    monkeypatch.setattr(probe.random, "randrange", lambda n: 0)  # the chunks in order
     asked: list[str] = []
 
     def lengths(texts):
@@ -304,4 +305,29 @@ def test_a_killed_text_scoring_keeps_what_it_saved(tmp_path, monkeypatch):
         probe.cached_text_scores(tmp_path, texts, {"k": 1}, dies_at_the_fifth)
     asked.clear()
     assert probe.cached_text_scores(tmp_path, texts, {"k": 1}, lengths) == [1, 2, 3, 4, 5]
-    assert asked == ["eeeee"]  # two saves of two texts each were kept
+    assert asked == ["eeeee"]  # two chunks of two texts were saved
+
+
+def test_text_scoring_skips_the_chunks_another_process_saved_meanwhile(tmp_path, monkeypatch):
+    from p2pdefense.defenses import probe
+
+    monkeypatch.setattr(probe, "SAVE_EVERY", 2)
+    monkeypatch.setattr(probe.random, "randrange", lambda n: 0)
+    asked: list[str] = []
+
+    def lengths(texts):
+        asked.extend(texts)
+        return [len(texts[0])]
+
+    def meanwhile_another_process_scores_the_rest(texts):
+        if not asked:  # while this one scores its first text, the other scores and saves the last two
+            assert probe.cached_text_scores(tmp_path, ["ccc", "dddd"], {"k": 1}, lambda t: [-len(t[0])]) == [-3, -4]
+        return lengths(texts)
+
+    scores = probe.cached_text_scores(tmp_path, ["a", "bb", "ccc", "dddd"], {"k": 1},
+                                      meanwhile_another_process_scores_the_rest)
+    assert asked == ["a", "bb"] and scores == [1, 2, -3, -4]  # the other process's scores, not scored again
+    monkeypatch.setattr(probe.random, "randrange", lambda n: n - 1)  # a later process starts at the last chunk
+    asked.clear()
+    assert probe.cached_text_scores(tmp_path, ["e", "ff", "ggg"], {"k": 1}, lengths) == [1, 2, 3]
+    assert asked == ["ggg", "e", "ff"]

@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import logging
+import random
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -256,45 +257,55 @@ SAVE_EVERY = 200
 """Texts scored between two writes of the text-score cache."""
 
 
+def _saved_text_scores(path: Path, texts: list[str]) -> tuple[dict[str, str], float]:
+    """The cached scores (JSON) of those of `texts` that the file holds, and the FLOPs that computed them."""
+    known, flops_total = {}, 0.0
+    with closing(sqlite3.connect(path, timeout=600)) as db, db:
+        db.execute("CREATE TABLE IF NOT EXISTS scores (text TEXT PRIMARY KEY, value TEXT NOT NULL, flops REAL)")
+        for start in range(0, len(texts), 500):  # under SQLite's limit on query parameters
+            chunk = texts[start:start + 500]
+            for text, value, flops in db.execute(
+                    f"SELECT text, value, flops FROM scores WHERE text IN ({','.join('?' * len(chunk))})", chunk):
+                known[text] = value
+                flops_total += flops
+    return known, flops_total
+
+
 def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
                        compute: Callable[[list[str]], list]) -> list:
     """One score (any JSON value) per text, cached by text in one SQLite file per settings: runs that share a
     reference model and settings (a grid's attacks and defenses on one seed) score each distinct text once.
     `compute([text])` is called for each distinct text not yet cached, so a text's score and its FLOPs (kept with
-    it) are its own; the scores are saved every SAVE_EVERY texts (a killed run keeps them); several processes may
-    share the file (SQLite locks it)."""
+    it) are its own. The missing texts are scored in chunks of SAVE_EVERY, each saved when done (a killed run
+    keeps them), from a random first chunk on, and a chunk skips what another process saved meanwhile: two
+    workers that need the same texts share the work instead of both doing all of it (SQLite locks the file)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{content_key([], parts)}.sqlite"
     distinct = list(dict.fromkeys(texts))
-    with closing(sqlite3.connect(path, timeout=600)) as db, db:
-        db.execute("CREATE TABLE IF NOT EXISTS scores (text TEXT PRIMARY KEY, value TEXT NOT NULL, flops REAL)")
-        known, cached_flops = {}, 0.0
-        for start in range(0, len(distinct), 500):  # under SQLite's limit on query parameters
-            chunk = distinct[start:start + 500]
-            for text, value, flops in db.execute(
-                    f"SELECT text, value, flops FROM scores WHERE text IN ({','.join('?' * len(chunk))})", chunk):
-                known[text] = value
-                cached_flops += flops
+    known, cached_flops = _saved_text_scores(path, distinct)
     credit_cached(cached_flops)
     missing = [text for text in distinct if text not in known]
-    fresh = []
-
-    def save() -> None:
-        with closing(sqlite3.connect(path, timeout=600)) as db, db:
-            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
-        known.update((text, value) for text, value, _ in fresh)
-        fresh.clear()
-
-    for text in missing:
-        with counting_compute() as spent:
-            values = compute([text])
-        if len(values) != 1:
-            raise ValueError(f"the scorer returned {len(values)} scores for 1 text")
-        fresh.append((text, json.dumps(values[0]), spent.flops + spent.cached_flops))
-        if len(fresh) == SAVE_EVERY:  # a killed run keeps what it scored
-            save()
-    if fresh:
-        save()
+    chunks = [missing[start:start + SAVE_EVERY] for start in range(0, len(missing), SAVE_EVERY)]
+    first = random.randrange(len(chunks)) if chunks else 0
+    computed = 0
+    with tqdm(total=len(missing), desc="scoring texts", unit="text", disable=not missing) as progress:
+        for chunk in chunks[first:] + chunks[:first]:
+            saved, saved_flops = _saved_text_scores(path, chunk)
+            credit_cached(saved_flops)
+            known.update(saved)
+            progress.update(len(saved))
+            fresh = []
+            for text in (text for text in chunk if text not in saved):
+                with counting_compute() as spent:
+                    values = compute([text])
+                if len(values) != 1:
+                    raise ValueError(f"the scorer returned {len(values)} scores for 1 text")
+                fresh.append((text, json.dumps(values[0]), spent.flops + spent.cached_flops))
+                progress.update(1)
+            with closing(sqlite3.connect(path, timeout=600)) as db, db:
+                db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
+            known.update((text, value) for text, value, _ in fresh)
+            computed += len(fresh)
     if texts:
-        log.info("%d of %d distinct texts' scores from %s", len(distinct) - len(missing), len(distinct), path)
+        log.info("%d of %d distinct texts' scores from %s", len(distinct) - computed, len(distinct), path)
     return [json.loads(known[text]) for text in texts]
