@@ -225,8 +225,17 @@ def test_reference_scores_are_cached_per_row_so_another_attacks_rows_score_only_
                Example(ex.text, 1 - ex.label, ex.meta) if i == 2 else ex for i, ex in enumerate(rows)]
     again = scorer.suspicion(changed, context())
     assert len(scored) == 23 and again[3:] == first[3:] and again[2] == pytest.approx(-first[2], abs=1e-4)
+    # an instruction the reference's template does not show changes nothing it sees: no row is scored again
+    instructed = [Example(ex.text, ex.label, ex.meta, instruction="Classify the review.") for ex in rows]
+    assert scorer.suspicion(instructed, context()) == first and len(scored) == 23
     build_scorer(ReferenceAgreementConfig(label_words=["good", "bad"]), "base").suspicion(rows, context())
     assert len(scored) == 43  # other settings: scored again
+    shown = ReferenceAgreementConfig(template="{instruction} {text}", label_words=["bad", "good"])
+    build_scorer(shown, "base").suspicion(instructed, context())
+    assert len(scored) == 63
+    other = [Example(ex.text, ex.label, ex.meta, instruction="Other.") for ex in rows[:5]]
+    build_scorer(shown, "base").suspicion(other, context())
+    assert len(scored) == 68  # a template that shows the instruction: another instruction, another score
 
 
 def test_margins_also_name_the_answer_the_model_prefers(sentiment_reference):

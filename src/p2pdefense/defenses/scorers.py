@@ -123,7 +123,9 @@ class ReferenceAgreement(Scorer):
 
         task_config = context.task_config.zero_shot(self.config.template, self.config.cue, self.config.label_words,
                                                     self.config.use_chat_template)
-        keys = [json.dumps([ex.instruction, ex.text, ex.label, ex.target]) for ex in examples]
+        shows_instruction = "{instruction}" in task_config.template  # else rows differing by it score the same
+        keys = [json.dumps([ex.instruction if shows_instruction else None, ex.text, ex.label, ex.target])
+                for ex in examples]
         row_of = dict(zip(keys, examples, strict=True))
         task = None
 
