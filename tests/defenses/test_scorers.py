@@ -228,6 +228,8 @@ def test_reference_scores_are_cached_per_row_so_another_attacks_rows_score_only_
     # an instruction the reference's template does not show changes nothing it sees: no row is scored again
     instructed = [Example(ex.text, ex.label, ex.meta, instruction="Classify the review.") for ex in rows]
     assert scorer.suspicion(instructed, context()) == first and len(scored) == 23
+    task_config = task_config.model_copy(update={"instruction": "Classify the review."})  # the task's default
+    assert scorer.suspicion(instructed, context()) == first and len(scored) == 23
     build_scorer(ReferenceAgreementConfig(label_words=["good", "bad"]), "base").suspicion(rows, context())
     assert len(scored) == 43  # other settings: scored again
     shown = ReferenceAgreementConfig(template="{instruction} {text}", label_words=["bad", "good"])

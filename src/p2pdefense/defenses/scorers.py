@@ -123,7 +123,8 @@ class ReferenceAgreement(Scorer):
 
         task_config = context.task_config.zero_shot(self.config.template, self.config.cue, self.config.label_words,
                                                     self.config.use_chat_template)
-        shows_instruction = "{instruction}" in task_config.template  # else rows differing by it score the same
+        # an instruction the template does not show (the rows' own, or the task's default) changes no score
+        shows_instruction = "{instruction}" in task_config.template
         keys = [json.dumps([ex.instruction if shows_instruction else None, ex.text, ex.label, ex.target])
                 for ex in examples]
         row_of = dict(zip(keys, examples, strict=True))
@@ -138,8 +139,9 @@ class ReferenceAgreement(Scorer):
             margins, preferred = task.margins(model, [row_of[key]], 1, context.device)
             return [{"suspicion": -margins[0], "preferred": preferred[0]}]
 
+        shown_task = task_config.model_dump(mode="json", exclude=None if shows_instruction else {"instruction"})
         settings = {"scorer": self.config.model_dump(mode="json"), "reference": self.reference,
-                    "task": task_config.model_dump(mode="json"), "format": "row: suspicion+preferred"}
+                    "task": shown_task, "format": "row: suspicion+preferred"}
         scored = context.cached_text_scores(keys, settings, compute)
         return {"suspicion": [row["suspicion"] for row in scored], "preferred": [row["preferred"] for row in scored]}
 
