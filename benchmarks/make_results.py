@@ -110,7 +110,8 @@ STORES = {
                            "badnets-clean-label --defenses p2p-ranked --workers 2 (then pdb-ranked); the same "
                            "with --seeds 1 2 --attacks synbkd-imdb --defenses 'bki+finetune-200+strip-1%'; "
                            "the same with --attacks addsent ctba badnets-clean-label --defenses p2p-ranked "
-                           "pdb-ranked, then --attacks vpi, then --seeds 0 --attacks synbkd-imdb (one core each)"),
+                           "pdb-ranked, then --attacks vpi, then --seeds 0 --attacks synbkd-imdb (one core each), "
+                           "then --seeds 1 2 --attacks synbkd-imdb --workers 2"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
                               "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
