@@ -302,8 +302,9 @@ def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
                     raise ValueError(f"the scorer returned {len(values)} scores for 1 text")
                 fresh.append((text, json.dumps(values[0]), spent.flops + spent.cached_flops))
                 progress.update(1)
-            with closing(sqlite3.connect(path, timeout=600)) as db, db:
-                db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
+            if fresh:
+                with closing(sqlite3.connect(path, timeout=600)) as db, db:
+                    db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
             known.update((text, value) for text, value, _ in fresh)
             computed += len(fresh)
     if texts:
