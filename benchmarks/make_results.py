@@ -51,7 +51,11 @@ STORES = {
                           "'p2p trusted 200, re'; the same with --seeds 3 4 --attacks addsent ctba "
                           "badnets-clean-label vpi --parts key --cells 'random (blind)' 'trusted 200' "
                           "'given, 0 poisoned' (stopped for time in VPI), then --attacks vpi with --workers 2 (stopped "
-                          "for time: the blind, trusted-200 and reference rows reached 5 seeds)"),
+                          "for time: the blind, trusted-200 and reference rows reached 5 seeds); the same with "
+                          "--seeds 3 4 --attacks addsent ctba badnets-clean-label vpi --cells 'p2p ranked "
+                          "reference_agreement, seed' --workers 2 (seeds 0-2 copied from the suite with --seeds 0 1 2), "
+                          "then --cells 'p2p ranked reference_agreement, reject' 'p2p ranked reference_agreement, "
+                          "counter-examples 5%'"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -76,7 +80,9 @@ STORES = {
                              "badnets-clean-label --cells 'p2p trusted 200' 'pdb trusted 200' 'pdb random (blind)' "
                              "'pdb ranked reference_agreement' --workers 2; the same with --seeds 1 --attacks ctba "
                              "--cells 'p2p given, 0 poisoned' --workers 1; the same with --seeds 1 --attacks addsent "
-                             "badnets-clean-label --cells 'given, 0 poisoned' --workers 1"),
+                             "badnets-clean-label --cells 'given, 0 poisoned' --workers 1; the same with --seeds 1 "
+                             "--attacks addsent badnets-clean-label ctba --cells 'p2p ranked reference_agreement' "
+                             "--workers 2, then --cells 'p2p random (blind)'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
