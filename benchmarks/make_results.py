@@ -53,8 +53,8 @@ STORES = {
                           "'given, 0 poisoned' (stopped for time in VPI), then --attacks vpi with --workers 2 (stopped "
                           "for time: the blind, trusted-200 and reference rows reached 5 seeds); the same with "
                           "--seeds 3 4 --attacks addsent ctba badnets-clean-label vpi --cells 'p2p ranked "
-                          "reference_agreement, seed' --workers 2 (seeds 0-2 copied from the suite with --seeds 0 1 2), "
-                          "then --cells 'p2p ranked reference_agreement, reject' 'p2p ranked reference_agreement, "
+                          "reference_agreement, seed' --workers 2 (seeds 0-2 copied from the suite with "
+                          "--seeds 0 1 2), then --cells 'p2p ranked reference_agreement, reject' 'p2p ranked reference_agreement, "
                           "counter-examples 5%'"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
