@@ -54,8 +54,8 @@ STORES = {
                           "for time: the blind, trusted-200 and reference rows reached 5 seeds); the same with "
                           "--seeds 3 4 --attacks addsent ctba badnets-clean-label vpi --cells 'p2p ranked "
                           "reference_agreement, seed' --workers 2 (seeds 0-2 copied from the suite with "
-                          "--seeds 0 1 2), then --cells 'p2p ranked reference_agreement, reject' 'p2p ranked reference_agreement, "
-                          "counter-examples 5%'"),
+                          "--seeds 0 1 2), then --cells 'p2p ranked reference_agreement, reject' 'p2p ranked "
+                          "reference_agreement, counter-examples 5%'"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
