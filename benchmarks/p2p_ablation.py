@@ -24,6 +24,7 @@ import random
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from common import (  # benchmarks/common.py
@@ -136,7 +137,12 @@ def choose_given_rows(config_raw: dict, defense: str, poisoned_count: int, seed:
 
 
 def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int], bench_dir: Path,
-               write_subsets: bool = True) -> GridSpec:
+               write_subsets: bool = True, only: list[str] | None = None) -> GridSpec:
+    """The grid; with `only`, just the cells whose name contains one of those strings (and no subset file is
+    written for a cell left out)."""
+    def selected(name: str) -> bool:
+        return not only or any(part in name for part in only)
+
     settings = MODELS[model]
     cells: list[NamedCell] = []
     for attack_name in attacks:
@@ -148,7 +154,8 @@ def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int
                                            set={**attack["set"], **overrides, "seed": seed}))
         if "poisoned" in parts or "key" in parts:
             counts = POISONED_COUNTS if "poisoned" in parts else [0]
-            cells += given_cells(model, attack_name, counts, seeds, bench_dir, write_subsets)
+            cells += given_cells(model, attack_name, counts, seeds, bench_dir, write_subsets, selected)
+    cells = [cell for cell in cells if selected(cell.name)]
     # the tokenizer vocabulary of every part and attack, so that running some parts gives the same runs (and
     # references) as running all of them
     return GridSpec(name=f"p2p-ablation-{model}", base=base_raw(),
@@ -167,24 +174,27 @@ def full_vocabulary(model: str) -> set[str]:
 
 
 def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int], bench_dir: Path,
-                write: bool = True) -> list[NamedCell]:
-    """`subset: given` cells with exactly k poisoned rows in the defensive subset (files written once; with
-    write=False, a dry run, nothing is loaded or written and every count is listed)."""
+                write: bool = True, selected: Callable[[str], bool] = lambda name: True) -> list[NamedCell]:
+    """The selected `subset: given` cells with exactly k poisoned rows in the defensive subset (files written
+    once; with write=False, a dry run, nothing is loaded or written and every count is listed)."""
     attack = ATTACKS[attack_name]
     out = []
     for defense, base in DEFENSES.items():
         for seed in seeds:
             raw = cell_raw(model, attack, {**base, "seed": seed})
             for k in counts:
+                name = f"{attack_name} | {defense} given, {k} poisoned in S, seed={seed}"
+                if not selected(name):
+                    continue
                 path = bench_dir / "subsets" / f"{attack_name}-seed{seed}-{defense}-k{k}.json"
                 if write and not path.exists():
                     chosen = choose_given_rows(raw, defense, k, seed)
                     if chosen is None:
                         continue
                     write_json_atomic(path, chosen)
-                out.append(NamedCell(name=f"{attack_name} | {defense} given, {k} poisoned in S, seed={seed}",
-                                     set={**attack["set"], **base, "defense.subset": "given",
-                                          "defense.subset_rows": str(path.relative_to(ROOT)), "seed": seed}))
+                out.append(NamedCell(name=name, set={**attack["set"], **base, "defense.subset": "given",
+                                                     "defense.subset_rows": str(path.relative_to(ROOT)),
+                                                     "seed": seed}))
     return out
 
 
@@ -259,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.parts or (["poisoned", "source", "knobs"] if model == "tiny" else ["key"])
     attacks = args.attacks or (sorted(ATTACKS) if model == "tiny" else ["badnets"])
     bench_dir = ROOT / "benchmarks" / "results" / f"p2p-ablation-{model}"
-    spec = build_spec(model, parts, attacks, seeds, bench_dir, write_subsets=not args.dry_run)
-    if args.cells:
-        spec.cells = [c for c in spec.cells if any(part in c.name for part in args.cells)]
+    spec = build_spec(model, parts, attacks, seeds, bench_dir, write_subsets=not args.dry_run, only=args.cells)
     reuse = args.reuse if args.reuse is not None else [ROOT / "benchmarks" / "results" / f"defense-suite-{model}"]
     return run_bench(expand(spec, ROOT, bench_dir), bench_dir, args.workers, args.dry_run, "ablation.md",
                      ablation_table, reuse)

@@ -171,3 +171,14 @@ def test_a_row_says_how_many_of_its_seeds_ran_on_a_gpu(tmp_path):
         store.append(defended)
     table = defense_suite.suite_table(tmp_path)
     assert "| p2p | 2 (1 on GPU) |" in table and "| undefended | 2 |" in table  # references on CPU
+
+
+def test_the_ablation_writes_subset_files_only_for_the_cells_it_runs(tmp_path, monkeypatch, shared_data):
+    p2p_ablation = pytest.importorskip("p2p_ablation")
+    monkeypatch.setattr(p2p_ablation, "ROOT", tmp_path)  # subset paths are written relative to the repository
+    bench_dir = tmp_path / "bench"
+    spec = p2p_ablation.build_spec("tiny", ["poisoned"], ["badnets"], [0], bench_dir,
+                                   only=["p2p given, 2 poisoned"])
+    assert [cell.name for cell in spec.cells] == ["badnets | p2p given, 2 poisoned in S, seed=0"]
+    assert sorted(path.name for path in (bench_dir / "subsets").iterdir()) == ["badnets-seed0-p2p-k2.json"]
+    assert spec.cells[0].set["defense.subset_rows"] == "bench/subsets/badnets-seed0-p2p-k2.json"
