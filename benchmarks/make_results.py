@@ -23,8 +23,8 @@ STORES = {
                      "p2p bench benchmarks/grids/attack-suite.yaml"),
     "smollm2-strong2": ("SST-2, SmolLM2-135M + LoRA all-linear, 1,500 rows, 20% BadNets \"mn\", lr 1e-3",
                         "p2p bench benchmarks/grids/smollm2-strong2.yaml --only seed=0"),
-    "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 5% (BadNets; key cells on AddSent, "
-                          "CTBA, clean-label BadNets)",
+    "p2p-ablation-tiny": ("The defensive-subset ablation, tiny model, SST-2 5% (BadNets; key and ranked cells on "
+                          "AddSent, CTBA, clean-label BadNets, VPI; SynBkd on IMDB; 4 news topics)",
                           "python benchmarks/p2p_ablation.py --model tiny --seeds 0 1 2 --attacks badnets "
                           "--parts poisoned source knobs; python benchmarks/p2p_ablation.py --model tiny --attacks "
                           "badnets (its remaining ranked cells, seeds 0-4); the same with --parts key --cells "
@@ -55,7 +55,7 @@ STORES = {
                           "--seeds 3 4 --attacks addsent ctba badnets-clean-label vpi --cells 'p2p ranked "
                           "reference_agreement, seed' --workers 2 (seeds 0-2 copied from the suite with "
                           "--seeds 0 1 2), then --cells 'p2p ranked reference_agreement, reject' 'p2p ranked "
-                          "reference_agreement, counter-examples 5%'"),
+                          "reference_agreement, counter-examples 5%' (seeds 3 4, then 0 1 2)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -82,7 +82,10 @@ STORES = {
                              "--cells 'p2p given, 0 poisoned' --workers 1; the same with --seeds 1 --attacks addsent "
                              "badnets-clean-label --cells 'given, 0 poisoned' --workers 1; the same with --seeds 1 "
                              "--attacks addsent badnets-clean-label ctba --cells 'p2p ranked reference_agreement' "
-                             "--workers 2, then --cells 'p2p random (blind)'"),
+                             "--workers 2, then --cells 'p2p random (blind)'; the same with --seeds 2 --attacks "
+                             "badnets-clean-label --cells 'p2p trusted 200, reject' 'p2p trusted 200, repeat 5, "
+                             "reject' --workers 2; the same with --seeds 0 --attacks addsent --parts key source "
+                             "--cells 'p2p ranked reference_agreement, counter-examples 5%'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
