@@ -55,7 +55,9 @@ STORES = {
                           "--seeds 3 4 --attacks addsent ctba badnets-clean-label vpi --cells 'p2p ranked "
                           "reference_agreement, seed' --workers 2 (seeds 0-2 copied from the suite with "
                           "--seeds 0 1 2), then --cells 'p2p ranked reference_agreement, reject' 'p2p ranked "
-                          "reference_agreement, counter-examples 5%' (seeds 3 4, then 0 1 2)"),
+                          "reference_agreement, counter-examples 5%' (seeds 3 4, then 0 1 2); the same with "
+                          "--attacks addsent ctba badnets-clean-label --cells 'p2p trusted 500', then 'p2p trusted "
+                          "100' and 'p2p trusted 50' (5 seeds each), then 'p2p given, 1 ' and 'p2p given, 5 '"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -85,7 +87,9 @@ STORES = {
                              "--workers 2, then --cells 'p2p random (blind)'; the same with --seeds 2 --attacks "
                              "badnets-clean-label --cells 'p2p trusted 200, reject' 'p2p trusted 200, repeat 5, "
                              "reject' --workers 2; the same with --seeds 0 --attacks addsent --parts key source "
-                             "--cells 'p2p ranked reference_agreement, counter-examples 5%'"),
+                             "--cells 'p2p ranked reference_agreement, counter-examples 5%'; the same with --seeds "
+                             "2 --attacks addsent --cells 'p2p trusted 200, reject' 'p2p trusted 200, repeat 5, "
+                             "reject'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
