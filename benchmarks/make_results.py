@@ -58,7 +58,9 @@ STORES = {
                           "reference_agreement, counter-examples 5%' (seeds 3 4, then 0 1 2); the same with "
                           "--attacks addsent ctba badnets-clean-label --cells 'p2p trusted 500', then 'p2p trusted "
                           "100' and 'p2p trusted 50' (5 seeds each), then 'p2p given, 1 ' 'p2p given, 5 ', then "
-                          "'p2p given, 10 '"),
+                          "'p2p given, 10 '; the same with --seeds 0 1 2 --attacks addsent ctba "
+                          "badnets-clean-label --cells 'p2p ranked training_dynamics' --workers 2 (stopped for "
+                          "time before clean-label BadNets)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
