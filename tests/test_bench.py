@@ -117,6 +117,32 @@ def test_report_tables_come_from_the_store(tmp_path):
     assert (tmp_path / "results.html").read_text().count("data:image/png;base64,") == len(written) - 2
 
 
+def test_plots_fit_a_legend_of_many_lines_below_the_panels(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    store = ResultsStore(tmp_path)
+    for defense in ("none", "cube", "spectral", "activation_clustering", "strip", "onion", "bki", "pdb",
+                    "abl", "dpoe"):
+        for attack in ("badnets", "addsent", "ctba", "mtba"):  # a suite grid: one line per defense and attack
+            for rate in (0.1, 0.2):
+                r = row(0, defense, rate, 0.8, 0.5, 10, log=[{"epoch": 1, "loss": 1.0, "dev_score": 0.5}])
+                r["config"]["attack"] = {"name": attack, "rate": rate}
+                r["hash"] = r["run_dir"] = f"{defense}-{attack}-{rate}"
+                store.append(r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns, and draws a clipped legend, when the layout cannot fit
+        written = {p.name: p for p in write_report([tmp_path])}
+    small = ResultsStore(tmp_path / "small")
+    small.append(row(0, "p2p", 0.1, 0.8, 0.5, 10))
+    small.append(row(0, "p2p", 0.2, 0.8, 0.5, 10))
+    small_written = {p.name: p for p in write_report([tmp_path / "small"])}
+    # the figure grows with the legend: 40 lines in two columns are 20 rows of 7-point text at 110 dpi
+    height = Image.open(written["vs-attack-rate.png"]).size[1]
+    assert height > Image.open(small_written["vs-attack-rate.png"]).size[1] + 20 * 7 / 72 * 110
+
+
 def test_the_heatmap_has_a_row_per_named_variant_and_a_column_per_attack():
     def cell_row(seed, defense, asr, cell, defense_settings=(), train_settings=()):
         r = row(seed, defense, 0.1, 0.8, asr, 10)

@@ -212,6 +212,17 @@ def html_page(report: Report, title: str, plots: list[Path]) -> str:
             f"{images}</body></html>\n")
 
 
+def _legend_below(fig, axis) -> None:
+    """One legend under both panels, the figure grown to hold it: a grid has dozens of lines, too many for a
+    legend inside an axis."""
+    handles, labels = axis.get_legend_handles_labels()
+    if not handles:
+        return
+    columns = 2
+    fig.set_figheight(fig.get_figheight() + 0.18 * -(-len(labels) // columns))
+    fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize=7)
+
+
 def plots(report: Report, out: Path) -> list[Path]:
     """ASR and CA against every numeric varying key (and poisoned rows in the defensive subset), a defense x
     attack heatmap of ASR, and training curves; PNG files in `out`."""
@@ -229,7 +240,7 @@ def plots(report: Report, out: Path) -> list[Path]:
         numeric.append(("poisoned rows in the defensive subset",
                         lambda r: r["metrics"].get("num_poisoned_in_benign_subset")))
     for name, value in numeric:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
         by_line: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
         for r in rows:
             x = value(r)
@@ -247,8 +258,7 @@ def plots(report: Report, out: Path) -> list[Path]:
             axis.set_xlabel(name)
             axis.set_ylabel(metric)
             axis.grid(alpha=0.3)
-        left.legend(fontsize=7)
-        fig.tight_layout()
+        _legend_below(fig, left)
         path = out / f"vs-{name.replace(' ', '-').replace('.', '-')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -256,7 +266,8 @@ def plots(report: Report, out: Path) -> list[Path]:
 
     defenses, attacks, grid = report.heatmap()
     if defenses and attacks:
-        fig, axis = plt.subplots(figsize=(1.6 * len(attacks) + 2, 0.8 * len(defenses) + 1.5))
+        fig, axis = plt.subplots(figsize=(1.6 * len(attacks) + 2, 0.8 * len(defenses) + 1.5),
+                                 layout="constrained")
         image = axis.imshow([[float("nan") if v is None else 100 * v for v in line] for line in grid],
                             vmin=0, vmax=100, cmap="Reds")
         axis.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
@@ -267,14 +278,13 @@ def plots(report: Report, out: Path) -> list[Path]:
                           color="white" if v is not None and v > 0.6 else "black")  # readable on dark cells
         fig.colorbar(image, label="ASR % (mean)")
         axis.set_title("ASR by defense and attack")
-        fig.tight_layout()
         path = out / "heatmap-asr.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
 
     if any(r.get("train_log") for r in rows):
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
         for entry in report.table():
             members = [r for r in rows if report.label(r) == entry["setting"]]
             epochs = sorted({e["epoch"] for r in members for e in r.get("train_log", [])})
@@ -287,8 +297,7 @@ def plots(report: Report, out: Path) -> list[Path]:
             axis.set_xlabel("epoch")
             axis.set_ylabel(key)
             axis.grid(alpha=0.3)
-        right.legend(fontsize=6)
-        fig.tight_layout()
+        _legend_below(fig, right)
         path = out / "training-curves.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
