@@ -60,7 +60,9 @@ STORES = {
                           "100' and 'p2p trusted 50' (5 seeds each), then 'p2p given, 1 ' 'p2p given, 5 ', then "
                           "'p2p given, 10 '; the same with --seeds 0 1 2 --attacks addsent ctba "
                           "badnets-clean-label --cells 'p2p ranked training_dynamics' --workers 2 (stopped for "
-                          "time before clean-label BadNets)"),
+                          "time before clean-label BadNets), then --cells 'p2p ranked representation' 'p2p ranked "
+                          "ensemble' 'p2p ranked training_dynamics' --workers 1, then --seeds 3 4 --cells 'p2p "
+                          "ranked representation' 'p2p ranked training_dynamics' (stopped for time after CTBA)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -92,7 +94,8 @@ STORES = {
                              "reject' --workers 2; the same with --seeds 0 --attacks addsent --parts key source "
                              "--cells 'p2p ranked reference_agreement, counter-examples 5%'; the same with --seeds "
                              "2 --attacks addsent --cells 'p2p trusted 200, reject' 'p2p trusted 200, repeat 5, "
-                             "reject'"),
+                             "reject'; the same with --seeds 2 --attacks ctba --cells 'p2p trusted 200, reject' "
+                             "'p2p trusted 200, repeat 5, reject' --workers 1"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
