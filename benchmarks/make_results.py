@@ -62,7 +62,8 @@ STORES = {
                           "badnets-clean-label --cells 'p2p ranked training_dynamics' --workers 2 (stopped for "
                           "time before clean-label BadNets), then --cells 'p2p ranked representation' 'p2p ranked "
                           "ensemble' 'p2p ranked training_dynamics' --workers 1, then --seeds 3 4 --cells 'p2p "
-                          "ranked representation' 'p2p ranked training_dynamics' (stopped for time after CTBA)"),
+                          "ranked representation' 'p2p ranked training_dynamics' (stopped for time after CTBA), then "
+                          "the same on --attacks badnets-clean-label --workers 2"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
