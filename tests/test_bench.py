@@ -143,6 +143,20 @@ def test_plots_fit_a_legend_of_many_lines_below_the_panels(tmp_path):
     assert height > Image.open(small_written["vs-attack-rate.png"]).size[1] + 20 * 7 / 72 * 110
 
 
+def test_a_plot_with_more_lines_than_a_legend_can_hold_says_so_instead():
+    import matplotlib.pyplot as plt
+
+    from p2pdefense.bench_report import LEGEND_MAX_LINES, _legend_below
+
+    fig, axis = plt.subplots(figsize=(10, 4), layout="constrained")
+    for i in range(LEGEND_MAX_LINES + 1):
+        axis.plot([0, 1], [i, i], label=f"setting {i}")
+    _legend_below(fig, axis)
+    assert fig.legends == [] and fig.get_figheight() == 4
+    assert fig.get_suptitle().startswith(f"{LEGEND_MAX_LINES + 1} lines")
+    plt.close(fig)
+
+
 def test_the_heatmap_has_a_row_per_named_variant_and_a_column_per_attack():
     def cell_row(seed, defense, asr, cell, defense_settings=(), train_settings=()):
         r = row(seed, defense, 0.1, 0.8, asr, 10)

@@ -212,11 +212,17 @@ def html_page(report: Report, title: str, plots: list[Path]) -> str:
             f"{images}</body></html>\n")
 
 
+LEGEND_MAX_LINES = 80  # beyond this a legend is a page of text nobody matches to colours, and bloats results.html
+
+
 def _legend_below(fig, axis) -> None:
     """One legend under both panels, the figure grown to hold it: a grid has dozens of lines, too many for a
-    legend inside an axis."""
+    legend inside an axis. Past LEGEND_MAX_LINES the figure says so instead; the tables name every setting."""
     handles, labels = axis.get_legend_handles_labels()
     if not handles:
+        return
+    if len(labels) > LEGEND_MAX_LINES:
+        fig.suptitle(f"{len(labels)} lines, too many to label: results.md lists each setting", fontsize=9)
         return
     columns = 2
     fig.set_figheight(fig.get_figheight() + 0.18 * -(-len(labels) // columns))
