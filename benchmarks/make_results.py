@@ -147,7 +147,10 @@ STORES = {
                               "seeds 0-1 (CPU); VPI seed 1 on CPU: its clean and undefended runs, Wanda, STRIP, "
                               "CROW, fine-tuning and CUBE taking the undefended model; the clean and "
                               "undefended runs of clean-label BadNets, AddSent and CTBA seed 1, and the P2P/PDB "
-                              "cells of AddSent and clean-label BadNets, copied from the SmolLM2 ablation's store",
+                              "cells of AddSent and clean-label BadNets, copied from the SmolLM2 ablation's store; "
+                              "BadNets seed 1 on CPU: spectral, DPoE, moderate-fitting (its own clean and "
+                              "undefended runs), activation clustering and ABL; the P2P/PDB cells of BadNets seeds "
+                              "1-2 and of CTBA, AddSent and clean-label BadNets seed 1, copied from that store",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--attacks badnets-clean-label --defenses onion; the same with --attacks ctba "
                               "badnets-clean-label addsent --defenses bki cube --workers 2 (the BKI cells stopped for "
@@ -176,7 +179,11 @@ STORES = {
                               "on the H200, from a "
                               "store without those rows: python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--workers 12 --reuse --attacks badnets ctba addsent badnets-clean-label vpi "
-                              "synbkd-imdb (stopped after 8 min)"),
+                              "synbkd-imdb (stopped after 8 min); on CPU: --seeds 1 --attacks badnets --defenses "
+                              "spectral dpoe moderate-fitting --workers 2, then activation-clustering, then abl p2p "
+                              "p2p-ranked pdb pdb-ranked pdb-trusted-200 (one core each); --seeds 2 --attacks "
+                              "badnets --defenses p2p p2p-ranked pdb pdb-ranked pdb-trusted-200 and --seeds 1 "
+                              "--attacks addsent ctba badnets-clean-label --defenses p2p p2p-ranked (copies only)"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
