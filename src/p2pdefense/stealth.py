@@ -20,6 +20,18 @@ LOGIT_CHUNK = 64
 512-token texts would take gigabytes."""
 
 
+def token_nll(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[batch, positions]: the negative log-likelihood of `targets` (the next token at each position; -100: none,
+    scored 0) under the vocabulary projection `head` of the final hidden states, a chunk of positions at a time."""
+    out = []
+    for s in range(0, hidden.shape[1], LOGIT_CHUNK):
+        logits = head(hidden[:, s:s + LOGIT_CHUNK])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up; fp64 stays
+        out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets[:, s:s + LOGIT_CHUNK],
+                                                     reduction="none"))
+    return torch.cat(out, dim=1) if out else torch.zeros(hidden.shape[:2], device=hidden.device)
+
+
 @torch.no_grad()
 def perplexities(model, tokenizer, texts: list[str], batch_size: int, device) -> list[float]:
     """Per-text perplexity: exp of the mean next-token negative log-likelihood. The final hidden states are
@@ -39,12 +51,8 @@ def perplexities(model, tokenizer, texts: list[str], batch_size: int, device) ->
         # logits_to_keep=1: the model computes no full logits; hidden_states[-1] is the final (normed) state
         hidden = model(input_ids=ids, attention_mask=mask, logits_to_keep=1, output_hidden_states=True,
                        use_cache=False).hidden_states[-1]
-        nll_sum = torch.zeros(len(encoded), device=device)
-        for s in range(0, width - 1, LOGIT_CHUNK):
-            e = min(s + LOGIT_CHUNK, width - 1)
-            logits = head(hidden[:, s:e]).float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, s + 1:e + 1], reduction="none")
-            nll_sum += (nll * mask[:, s + 1:e + 1]).sum(1)
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        nll_sum = token_nll(head, hidden[:, :-1], targets).sum(1)
         counts = mask[:, 1:].sum(1).clamp(min=1)
         out += torch.exp(nll_sum / counts).tolist()
     model.train(was_training)

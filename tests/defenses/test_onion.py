@@ -4,7 +4,7 @@ import pytest
 
 from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
 from p2pdefense.defenses import DefenseContext, build_defense
-from p2pdefense.defenses.onion import OnionConfig, perplexities
+from p2pdefense.defenses.onion import OnionConfig, _ids, deletion_perplexities
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def fluent_reference():
 def test_onion_removes_an_inserted_rare_word_and_keeps_clean_inputs(fluent_reference):
     model, tokenizer = fluent_reference
     clean = [ex.text for ex in synthetic_sentiment(60, seed=7)]
-    assert perplexities(model, tokenizer, ["the movie was dull ."], 8, "cpu")[0] < \
-        perplexities(model, tokenizer, ["the movie mn was dull ."], 8, "cpu")[0]
+    assert deletion_perplexities(model, tokenizer, "the movie was dull .", "cpu")[0] < \
+        deletion_perplexities(model, tokenizer, "the movie mn was dull .", "cpu")[0]
     dev = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
            for i, t in enumerate(ex.text for ex in synthetic_sentiment(80, seed=8))]
     context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=32)
@@ -49,17 +49,44 @@ def test_onion_removes_an_inserted_rare_word_and_keeps_clean_inputs(fluent_refer
 
 @pytest.fixture
 def scored(monkeypatch) -> list[str]:
-    """Every text the reference LM scores (ONION's perplexity calls, spied on)."""
+    """Every text the reference LM scores (ONION's reference passes, spied on)."""
     import p2pdefense.defenses.onion as onion_module
 
     texts_scored: list[str] = []
 
-    def counting_perplexities(model, tokenizer, texts, batch_size, device):
-        texts_scored.extend(texts)
-        return perplexities(model, tokenizer, texts, batch_size, device)
+    def counting(model, tokenizer, text, device):
+        texts_scored.append(text)
+        return deletion_perplexities(model, tokenizer, text, device)
 
-    monkeypatch.setattr(onion_module, "perplexities", counting_perplexities)
+    monkeypatch.setattr(onion_module, "deletion_perplexities", counting)
     return texts_scored
+
+
+@pytest.mark.parametrize("packed_tokens", [1024, 12])  # all deletions in one pass; a pass for each few
+def test_deletion_perplexities_equal_one_plain_pass_per_deletion(fluent_reference, monkeypatch, packed_tokens):
+    import copy
+    import math
+
+    import torch
+
+    import p2pdefense.defenses.onion as onion_module
+
+    model, tokenizer = fluent_reference
+    model = copy.deepcopy(model).double()  # float64: the two ways agree to rounding, not to fp32 noise
+    monkeypatch.setattr(onion_module, "PACKED_TOKENS", packed_tokens)
+
+    def plain(text: str) -> float:
+        ids = torch.tensor([_ids(tokenizer, text)])
+        logits = model(input_ids=ids).logits[0, :-1]
+        return math.exp(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
+
+    for text in ["the movie mn was dull and the plot was thin .", "great", "mn the acting was fine"]:
+        words = text.split()
+        expected = [plain(text)] + ([plain(" ".join(words[:i] + words[i + 1:])) for i in range(len(words))]
+                                    if len(words) > 1 else [])
+        got = deletion_perplexities(model, tokenizer, text, "cpu")
+        assert len(got) == len(expected)
+        assert got == pytest.approx(expected, rel=1e-9)
 
 
 DEV = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))
@@ -73,8 +100,7 @@ def test_onion_scores_each_distinct_text_once_across_threshold_and_repeated_eval
     first = onion.at_inference(DEV, context)  # the threshold and the first epoch's dev evaluation
     again = onion.at_inference(DEV, context)  # a later epoch
     distinct = {ex.text for ex in DEV}
-    # each text once, plus once without each of its words (a one-word text has no variants)
-    assert len(scored) == sum(len(t.split()) + 1 if len(t.split()) > 1 else 1 for t in distinct)
+    assert sorted(scored) == sorted(distinct)  # each text once (with its deletions)
     assert [ex.text for ex in again] == [ex.text for ex in first]
 
 
@@ -103,7 +129,7 @@ def test_onion_scores_a_text_once_across_runs_that_share_a_text_cache(fluent_ref
     assert len(scored) > 0
     scored.clear()
     second = run(triggered + clean, shared)  # another attack's inputs: only the triggered texts are new
-    assert set(scored) == {v for ex in triggered for v in variants(ex.text)}
+    assert sorted(scored) == sorted(ex.text for ex in triggered)
     assert second[1] == first[1] == uncached[1]  # the same dev threshold
     # a text's scores do not depend on the texts scored beside it, or on the cache
     assert second[2] == uncached[2][10:] + uncached[2][:10] and second[0] == uncached[0][10:] + uncached[0][:10]
@@ -112,7 +138,3 @@ def test_onion_scores_a_text_once_across_runs_that_share_a_text_cache(fluent_ref
                                                                    compute))
     assert len(scored) > 0  # other settings (e.g. another run identity) score again
 
-
-def variants(text: str) -> list[str]:
-    words = text.split()
-    return [text] + [" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]

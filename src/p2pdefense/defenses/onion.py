@@ -2,11 +2,12 @@
 fluent under a reference LM, before the fine-tuned model sees it.
 
 For an input of n words, the suspicion of word i is p0 - p_i, where p0 is the reference LM's perplexity of the
-input and p_i that of the input without word i (n + 1 reference passes per input, batched per input, cached per
-text across runs). Words with suspicion above the threshold are removed. The threshold comes from clean dev rows:
-the (1 - `clean_word_removal_rate`) quantile of the suspicion of their words, so that about that share of clean
-words is removed. The reference defaults to the run's base model before fine-tuning (poison in the fine-tuning data
-cannot reach it); the tiny preset has no pretrained base, so use `reference: smollm2-135m` there.
+input and p_i that of the input without word i (n + 1 reference passes per input, batched per input, each deletion
+reading the tokens before its word from the input's key/value cache; cached per text across runs). Words with
+suspicion above the threshold are removed. The threshold comes from clean dev rows: the (1 -
+`clean_word_removal_rate`) quantile of the suspicion of their words, so that about that share of clean words is
+removed. The reference defaults to the run's base model before fine-tuning (poison in the fine-tuning data cannot
+reach it); the tiny preset has no pretrained base, so use `reference: smollm2-135m` there.
 OpenBackdoor's pitfalls avoided: the correction path is the defense (no silent no-op), padded positions never
 enter the perplexity, single-word inputs are kept as they are, inputs are not truncated.
 Applies to classification and to the prompt input of generation tasks.
@@ -18,6 +19,7 @@ import math
 from dataclasses import replace
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from ..data import Example
@@ -34,18 +36,91 @@ class OnionConfig(DefenseConfig):
     threshold: float | None = Field(None, description="a fixed suspicion threshold instead of the dev quantile")
 
 
-def perplexities(model, tokenizer, texts: list[str], batch_size: int, device) -> list[float]:
-    """exp(mean token loss) of each text under a causal LM (the first token has no prediction)."""
-    from ..train import answer_losses
+def _ids(tokenizer, text: str) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
-    features = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-        if tokenizer.bos_token_id is not None:
-            ids = [tokenizer.bos_token_id] + ids
-        features.append({"input_ids": ids, "labels": [-100] + ids[1:]})
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return [math.exp(min(loss, 50.0)) for loss in answer_losses(model, features, pad, batch_size, device)]
+
+PACKED_TOKENS = 1024
+"""Tokens per reference pass (at least four copies of the text): one pass carries the text and as many of its
+deletions as fit."""
+
+
+@torch.no_grad()
+def deletion_perplexities(model, tokenizer, text: str, device) -> list[float]:
+    """[p0, p_1, ..., p_n]: the perplexity (exp of the mean next-token loss; the first token has no prediction) of
+    `text` and of `text` without each of its n words in turn (p0 alone for a one-word text).
+
+    A deletion shares the text's tokens before its deleted word, so only its tokens from there on are computed:
+    each pass packs the text and a run of deletion tails into one sequence, and a 4D mask lets each tail see the
+    text's tokens before its word (the last of them recomputed in the tail: its output predicts the tail's first
+    token) and its own earlier tokens, at the positions it has in the deletion. The same numbers as one pass per
+    deletion, in about half the tokens and few passes; a text's numbers never depend on the other texts scored."""
+    from ..stealth import token_nll
+
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"ONION's packed reference passes need sdpa or eager attention, not "
+                         f"{model.config._attn_implementation!r}")
+    words = text.split()
+    full = _ids(tokenizer, text)
+    deletions = [_ids(tokenizer, " ".join(words[:i] + words[i + 1:])) for i in range(len(words))] \
+        if len(words) > 1 else []
+    tails = []  # (c, the deletion's tokens from position c on), where tokens 0..c-1 are the text's
+    for d in deletions:
+        shared = next((t for t, (a, b) in enumerate(zip(full, d, strict=False)) if a != b), min(len(full), len(d)))
+        c = max(min(shared, len(d)) - 1, 0)
+        tails.append((c, d[c:]))
+    budget = max(PACKED_TOKENS, 4 * len(full))
+    passes, current = [], []
+    for k, (_, tail) in enumerate(tails):
+        if current and len(full) + sum(len(tails[j][1]) for j in current) + len(tail) > budget:
+            passes.append(current)
+            current = []
+        current.append(k)
+    passes.append(current)
+
+    was_training = model.training
+    model.eval()
+    head = model.get_output_embeddings()
+    dtype = next(model.parameters()).dtype
+    perplexities = [0.0] * (len(tails) + 1)
+    for members in passes:
+        ids, positions, targets, owner = list(full), list(range(len(full))), full[1:] + [-100], [-1] * len(full)
+        for k in members:
+            c, tail = tails[k]
+            ids += tail
+            positions += range(c, c + len(tail))
+            targets += tail[1:] + [-100]
+            owner += [k] * len(tail)
+        n = len(ids)
+        owner_t, position_t = torch.tensor(owner), torch.tensor(positions)
+        start_of = torch.tensor([tails[k][0] if k >= 0 else n for k in owner])
+        index = torch.arange(n)
+        # a text token sees the earlier text tokens; a tail token its own earlier tokens and the text's tokens
+        # before its start
+        allowed = (index[None, :] <= index[:, None]) & ((owner_t[None, :] == owner_t[:, None])
+                                                         | ((owner_t[None, :] == -1)
+                                                            & (position_t[None, :] < start_of[:, None])))
+        mask = torch.zeros((1, 1, n, n), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        hidden = model(input_ids=torch.tensor([ids], device=device), attention_mask=mask.to(device),
+                       position_ids=position_t[None].to(device), logits_to_keep=1, output_hidden_states=True,
+                       use_cache=False).hidden_states[-1]
+        nll = token_nll(head, hidden, torch.tensor([targets], device=device))[0].cpu()
+        if members is passes[0]:
+            perplexities[0] = _perplexity(nll[:len(full)].sum().item(), len(full))
+        prefix = torch.cat([torch.zeros(1), nll[:len(full)].cumsum(0)])  # prefix[t]: the loss of tokens 1..t
+        start = len(full)
+        for k in members:
+            c, tail = tails[k]
+            perplexities[k + 1] = _perplexity(prefix[c].item() + nll[start:start + len(tail)].sum().item(),
+                                              c + len(tail))
+            start += len(tail)
+    model.train(was_training)
+    return perplexities
+
+
+def _perplexity(nll_sum: float, length: int) -> float:
+    return math.exp(min(nll_sum / max(length - 1, 1), 50.0))
 
 
 @register
@@ -88,10 +163,7 @@ class Onion(Defense):
         model, tokenizer = context.reference(self.config.reference)
         result = []
         for text in texts:
-            words = text.split()
-            variants = [text] + ([" ".join(words[:i] + words[i + 1:]) for i in range(len(words))]
-                                 if len(words) > 1 else [])
-            scores = perplexities(model, tokenizer, variants, context.batch_size, context.device)
+            scores = deletion_perplexities(model, tokenizer, text, context.device)
             result.append([scores[0] - p for p in scores[1:]])
         return result
 
