@@ -142,11 +142,11 @@ def test_runs_of_a_grid_share_the_reference_scores_of_their_common_texts(tmp_pat
     import p2pdefense.defenses.onion as onion_module
 
     monkeypatch.setenv("P2P_CACHE_DIR", str(tmp_path / "cache"))
-    scored_inputs: list[str] = []  # ONION scores each input with its variants in one call, the input first
-    real = onion_module.perplexities
-    monkeypatch.setattr(onion_module, "perplexities",
-                        lambda model, tokenizer, texts, *args: scored_inputs.append(texts[0]) or real(model, tokenizer,
-                                                                                                   texts, *args))
+    scored_inputs: list[str] = []  # ONION scores each input with its deletions in one call
+    real = onion_module.deletion_perplexities
+    monkeypatch.setattr(onion_module, "deletion_perplexities",
+                        lambda model, tokenizer, text, *args: scored_inputs.append(text) or real(model, tokenizer, text,
+                                                                                                 *args))
     pipeline.run(load_config(None, [*SMALL, "defense.name=onion", f"output_dir={tmp_path}", "name=a"]))
     first = list(scored_inputs)
     scored_inputs.clear()
