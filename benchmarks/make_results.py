@@ -63,7 +63,12 @@ STORES = {
                           "time before clean-label BadNets), then --cells 'p2p ranked representation' 'p2p ranked "
                           "ensemble' 'p2p ranked training_dynamics' --workers 1, then --seeds 3 4 --cells 'p2p "
                           "ranked representation' 'p2p ranked training_dynamics' (stopped for time after CTBA), then "
-                          "the same on --attacks badnets-clean-label --workers 2"),
+                          "the same on --attacks badnets-clean-label --workers 2; the same with --attacks addsent "
+                          "ctba badnets-clean-label --cells 'p2p given, 2 poisoned' 'p2p given, 20 poisoned'; "
+                          "the same with --attacks addsent --cells 'pdb given' (seeds 0-2, then 3 4); the same "
+                          "with --seeds 0 1 2 --attacks addsent ctba badnets-clean-label --parts knobs, then --seeds "
+                          "3 4 --attacks badnets-clean-label --cells 'p2p salient trigger'; the same with --seeds "
+                          "0 1 2 --attacks ctba badnets-clean-label --cells 'pdb given' (stopped for time)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -131,7 +136,8 @@ STORES = {
                            "with --seeds 1 2 --attacks synbkd-imdb --defenses 'bki+finetune-200+strip-1%'; "
                            "the same with --attacks addsent ctba badnets-clean-label --defenses p2p-ranked "
                            "pdb-ranked, then --attacks vpi, then --seeds 0 --attacks synbkd-imdb (one core each), "
-                           "then --seeds 1 2 --attacks synbkd-imdb --workers 2"),
+                           "then --seeds 1 2 --attacks synbkd-imdb --workers 2; the same with --seeds 0 --attacks "
+                           "badnets addsent ctba vpi --defenses onion (stopped for time)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
                               "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
