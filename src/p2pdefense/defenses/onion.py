@@ -2,12 +2,11 @@
 fluent under a reference LM, before the fine-tuned model sees it.
 
 For an input of n words, the suspicion of word i is p0 - p_i, where p0 is the reference LM's perplexity of the
-input and p_i that of the input without word i (n + 1 reference passes per input, batched per input, each deletion
-reading the tokens before its word from the input's key/value cache; cached per text across runs). Words with
-suspicion above the threshold are removed. The threshold comes from clean dev rows: the (1 -
-`clean_word_removal_rate`) quantile of the suspicion of their words, so that about that share of clean words is
-removed. The reference defaults to the run's base model before fine-tuning (poison in the fine-tuning data cannot
-reach it); the tiny preset has no pretrained base, so use `reference: smollm2-135m` there.
+input and p_i that of the input without word i (scored per input in packed passes, see deletion_perplexities;
+cached per text across runs). Words with suspicion above the threshold are removed. The threshold comes from
+clean dev rows: the (1 - `clean_word_removal_rate`) quantile of the suspicion of their words, so that about that
+share of clean words is removed. The reference defaults to the run's base model before fine-tuning (poison in the
+fine-tuning data cannot reach it); the tiny preset has no pretrained base, so use `reference: smollm2-135m` there.
 OpenBackdoor's pitfalls avoided: the correction path is the defense (no silent no-op), padded positions never
 enter the perplexity, single-word inputs are kept as they are, inputs are not truncated.
 Applies to classification and to the prompt input of generation tasks.
@@ -71,12 +70,13 @@ def deletion_perplexities(model, tokenizer, text: str, device) -> list[float]:
         c = max(min(shared, len(d)) - 1, 0)
         tails.append((c, d[c:]))
     budget = max(PACKED_TOKENS, 4 * len(full))
-    passes, current = [], []
+    passes, current, size = [], [], len(full)
     for k, (_, tail) in enumerate(tails):
-        if current and len(full) + sum(len(tails[j][1]) for j in current) + len(tail) > budget:
+        if current and size + len(tail) > budget:
             passes.append(current)
-            current = []
+            current, size = [], len(full)
         current.append(k)
+        size += len(tail)
     passes.append(current)
 
     was_training = model.training
