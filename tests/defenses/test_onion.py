@@ -1,5 +1,7 @@
 """ONION with a small reference LM that learned the clean sentences' language."""
 
+from dataclasses import replace
+
 import pytest
 
 from p2pdefense.data import Example, ExampleMeta, synthetic_sentiment
@@ -138,3 +140,22 @@ def test_onion_scores_a_text_once_across_runs_that_share_a_text_cache(fluent_ref
                                                                    compute))
     assert len(scored) > 0  # other settings (e.g. another run identity) score again
 
+
+
+def test_onion_filters_the_instruction_too_and_counts_a_shared_dev_instruction_once(fluent_reference):
+    model, tokenizer = fluent_reference
+    instruction = synthetic_sentiment(1, seed=12)[0].text  # a fluent sentence as the task-wide instruction
+    words = instruction.split()
+    words.insert(len(words) // 2, "mn")  # an instruction-level trigger (as VPI's topic prefix)
+    triggered_instruction = " ".join(words)
+    dev = [replace(ex, instruction=instruction) for ex in DEV]
+    context = DefenseContext(dev=dev, reference_source=lambda name: (model, tokenizer), batch_size=32)
+    onion = build_defense(OnionConfig(clean_word_removal_rate=0.02), 2)
+    clean = [Example(text=ex.text, instruction=instruction, meta=ExampleMeta(source_index=i))
+             for i, ex in enumerate(synthetic_sentiment(10, seed=9))]
+    shown = onion.at_inference(clean + [replace(ex, instruction=triggered_instruction) for ex in clean], context)
+    assert all(ex.instruction == instruction for ex in shown[:10])
+    assert all(ex.instruction == instruction for ex in shown[10:])  # the trigger word removed, nothing else
+    assert [ex.text for ex in shown[10:]] == [ex.text for ex in shown[:10]]
+    pool = sorted(s for words in onion.word_suspicions([ex.text for ex in DEV] + [instruction], context) for s in words)
+    assert onion.threshold == pool[int(0.98 * len(pool))]  # the shared instruction's words once, not once per row

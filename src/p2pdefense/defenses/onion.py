@@ -9,7 +9,8 @@ share of clean words is removed. The reference defaults to the run's base model 
 fine-tuning data cannot reach it); the tiny preset has no pretrained base, so use `reference: smollm2-135m` there.
 OpenBackdoor's pitfalls avoided: the correction path is the defense (no silent no-op), padded positions never
 enter the perplexity, single-word inputs are kept as they are, inputs are not truncated.
-Applies to classification and to the prompt input of generation tasks.
+Filters the input and, where a row has one, its instruction. Applies to classification and to the prompt
+input of generation tasks.
 """
 
 from __future__ import annotations
@@ -168,14 +169,23 @@ class Onion(Defense):
         return result
 
     def at_inference(self, inputs: list[Example], context: DefenseContext) -> list[Example]:
+        """Each input without its suspicious words, in its text and in its instruction where it has one (the user
+        writes both; instruction-level triggers such as VPI's live in the instruction)."""
         if self.threshold is None:
-            dev_scores = sorted(s for words in self.word_suspicions([ex.text for ex in context.dev], context)
-                                for s in words)
+            dev_scores = [s for words in self.word_suspicions([ex.text for ex in context.dev], context) for s in words]
+            # each distinct instruction once: a task-wide instruction on every row would weigh as much as all inputs
+            dev_instructions = sorted({ex.instruction for ex in context.dev if ex.instruction is not None})
+            dev_scores = sorted(dev_scores + [s for words in self.word_suspicions(dev_instructions, context)
+                                              for s in words])
             self.threshold = dev_scores[min(int((1 - self.config.clean_word_removal_rate) * len(dev_scores)),
                                             len(dev_scores) - 1)]
             context.notes.append(f"ONION threshold {self.threshold:.3f} (perplexity drop; {len(dev_scores)} clean "
                                  f"dev words, {self.config.clean_word_removal_rate:.0%} above it)")
-        return [replace(ex, text=self.filtered(ex.text, suspicions))
+        instructions = sorted({ex.instruction for ex in inputs if ex.instruction is not None})
+        kept_instructions = {instruction: self.filtered(instruction, suspicions) for instruction, suspicions
+                             in zip(instructions, self.word_suspicions(instructions, context), strict=True)}
+        return [replace(ex, text=self.filtered(ex.text, suspicions),
+                        instruction=kept_instructions.get(ex.instruction, ex.instruction))
                 for ex, suspicions in zip(inputs, self.word_suspicions([ex.text for ex in inputs], context),
                                           strict=True)]
 
