@@ -68,7 +68,10 @@ STORES = {
                           "the same with --attacks addsent --cells 'pdb given' (seeds 0-2, then 3 4); the same "
                           "with --seeds 0 1 2 --attacks addsent ctba badnets-clean-label --parts knobs, then --seeds "
                           "3 4 --attacks badnets-clean-label --cells 'p2p salient trigger'; the same with --seeds "
-                          "0 1 2 --attacks ctba badnets-clean-label --cells 'pdb given' (stopped for time)"),
+                          "0 1 2 --attacks ctba badnets-clean-label --cells 'pdb given' (stopped for time, finished "
+                          "with --attacks badnets-clean-label); the same with --seeds 3 4 --attacks addsent ctba "
+                          "badnets-clean-label --parts knobs; the same with --attacks ctba, then "
+                          "badnets-clean-label, --cells 'pdb trusted 50' 'pdb trusted 100' 'pdb trusted 500'"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -137,7 +140,9 @@ STORES = {
                            "the same with --attacks addsent ctba badnets-clean-label --defenses p2p-ranked "
                            "pdb-ranked, then --attacks vpi, then --seeds 0 --attacks synbkd-imdb (one core each), "
                            "then --seeds 1 2 --attacks synbkd-imdb --workers 2; the same with --seeds 0 --attacks "
-                           "badnets addsent ctba vpi --defenses onion (stopped for time)"),
+                           "badnets addsent ctba vpi --defenses onion (stopped for time; vpi run again after ONION "
+                           "began to filter the instruction); the same with --seeds 1 --attacks vpi badnets "
+                           "--defenses onion, then --attacks ctba addsent badnets-clean-label (stopped for time)"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
                               "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
