@@ -141,7 +141,6 @@ def test_onion_scores_a_text_once_across_runs_that_share_a_text_cache(fluent_ref
     assert len(scored) > 0  # other settings (e.g. another run identity) score again
 
 
-
 def test_onion_filters_the_instruction_too_and_counts_a_shared_dev_instruction_once(fluent_reference):
     model, tokenizer = fluent_reference
     instruction = synthetic_sentiment(1, seed=12)[0].text  # a fluent sentence as the task-wide instruction
