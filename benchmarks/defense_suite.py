@@ -156,9 +156,10 @@ def suite_table(bench_dir) -> str:
              "(p2pdefense/compute.py; blank for runs that predate the count); "
              "removed: the share of a filter's removed rows that were poisoned, and of the poison it removed; "
              "wall: wall time (noisy: runs shared two CPU cores, or one GPU with up to 17 other runs); both "
-             "against the undefended run of the same seed, leaving out runs resumed from a checkpoint (they "
-             "counted only their last process) and, for wall time, runs on another kind of device than their "
-             "undefended run. A rejected input is neither correct nor an attack success. The moderate-fitting "
+             "against the undefended run of the same seed, leaving out the wall time of runs resumed from a "
+             "checkpoint (it is their last process's), the FLOPs of those resumed from a checkpoint older than "
+             "the count it keeps, and the wall time of runs on another kind of device than their undefended run. "
+             "A rejected input is neither correct nor an attack success. The moderate-fitting "
              "row is no defense, trained less (a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):

@@ -72,16 +72,20 @@ def test_work_a_cache_serves_counts_as_cached_flops_whichever_run_filled_it(tmp_
     assert compute_ratio(metrics, {"compute": {"flops": one_call}}) == pytest.approx(3.0, rel=1e-3)  # 4 digits kept
 
 
-def test_a_run_resumed_from_a_checkpoint_has_no_cost_ratio():
+def test_a_resumed_run_has_a_flops_ratio_only_where_its_checkpoint_carried_the_count():
     from p2pdefense.compute import compute_ratio, wall_ratio
 
     undefended = {"compute": {"flops": 100.0}, "wall_seconds": 10.0, "resumed_from_epoch": 0}
     whole = {"compute": {"flops": 300.0, "cached_flops": 100.0}, "wall_seconds": 25.0, "resumed_from_epoch": 0}
     assert compute_ratio(whole, undefended) == 4.0 and wall_ratio(whole, undefended) == 2.5
-    # its last process counted only the epochs after the checkpoint: no ratio rather than a flattering one
-    resumed = {**whole, "resumed_from_epoch": 1}
-    assert compute_ratio(resumed, undefended) is None and wall_ratio(resumed, undefended) is None
-    assert compute_ratio(whole, resumed) is None and wall_ratio(whole, resumed) is None
+    # the checkpoint carried the earlier epochs' FLOPs; the wall time is the last process's only: no wall ratio
+    resumed = {**whole, "resumed_from_epoch": 1, "compute_partial": False}
+    assert compute_ratio(resumed, undefended) == 4.0 and wall_ratio(resumed, undefended) is None
+    assert compute_ratio(whole, resumed) == 1.0 and wall_ratio(whole, resumed) is None
+    # a checkpoint without the count, marked or from before the mark: no ratio rather than a flattering one
+    for partial in ({**resumed, "compute_partial": True}, {**whole, "resumed_from_epoch": 1}):
+        assert compute_ratio(partial, undefended) is None and wall_ratio(partial, undefended) is None
+        assert compute_ratio(whole, partial) is None and wall_ratio(whole, partial) is None
     assert wall_ratio({"compute": {"flops": 1.0}}, undefended) is None  # a run from before wall time was kept
     # a CPU run against the undefended run on a GPU: FLOPs compare, seconds do not
     on_gpu = {**undefended, "provenance": {"device": "cuda:0"}}

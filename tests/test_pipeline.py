@@ -253,6 +253,11 @@ def test_a_run_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_ru
     after_kill = json.loads((tmp_path / "a" / "killed" / "metrics.json").read_text())
     reference = json.loads((tmp_path / "b" / "killed" / "metrics.json").read_text())
     assert 1 <= after_kill["resumed_from_epoch"] < 8
+    # the checkpoint carried the killed process's finished epochs: the same work as the uninterrupted run
+    assert after_kill["compute_partial"] is False and reference["compute_partial"] is False
+    for key in ("forward_tokens", "backward_tokens"):
+        assert after_kill["compute"][key] == reference["compute"][key], key
+    assert after_kill["stage_flops"]["train"] == pytest.approx(reference["stage_flops"]["train"], rel=1e-3)
     for key in ("ca", "asr", "asr_strict", "triggered_accuracy", "best_epoch"):
         assert after_kill[key] == reference[key], key
     assert [e["loss"] for e in after_kill["epochs"]] == pytest.approx([e["loss"] for e in reference["epochs"]])

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from p2pdefense.compute import ComputeCount, counting_compute
 from p2pdefense.models.tiny import build_tiny_llama
 from p2pdefense.train import LengthGroupedBatches, TrainConfig, TrainingDiverged, answer_loss, collate, train
 
@@ -96,7 +97,9 @@ def toy_dev_score(m):
 def test_a_run_stopped_after_epoch_two_resumes_to_the_same_weights_and_report(tmp_path):
     config = TrainConfig(epochs=4, batch_size=8)
     reference = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
-    full = train(reference, toy_features(), 0, config, 1e-2, seed=0, dev_score=toy_dev_score)
+    with counting_compute() as full_spent:
+        full = train(reference, toy_features(), 0, config, 1e-2, seed=0, dev_score=toy_dev_score)
+    assert full.carried_compute == ComputeCount()  # nothing done by an earlier process
 
     calls = []
 
@@ -112,14 +115,44 @@ def test_a_run_stopped_after_epoch_two_resumes_to_the_same_weights_and_report(tm
               checkpoint_dir=tmp_path)
     assert (tmp_path / "latest").read_text() == "epoch-2"
     resumed_model = build_tiny_llama(30, 32, 1, 2, 64, seed=0)  # a fresh process: base weights only
-    resumed = train(resumed_model, toy_features(), 0, config, 1e-2, seed=0, dev_score=toy_dev_score,
-                    checkpoint_dir=tmp_path, resume=True)
+    with counting_compute() as resumed_spent:
+        resumed = train(resumed_model, toy_features(), 0, config, 1e-2, seed=0, dev_score=toy_dev_score,
+                        checkpoint_dir=tmp_path, resume=True)
     assert resumed.resumed_from_epoch == 2
+    # the checkpoint carries the killed process's first two epochs (not its lost third): the whole training's count
+    carried = resumed.carried_compute
+    assert 0 < carried.forward_tokens < full_spent.forward_tokens
+    assert carried.forward_tokens + resumed_spent.forward_tokens == full_spent.forward_tokens
+    assert carried.backward_tokens + resumed_spent.backward_tokens == full_spent.backward_tokens
+    assert carried.flops + resumed_spent.flops == pytest.approx(full_spent.flops)
     assert [e["loss"] for e in resumed.epochs] == pytest.approx([e["loss"] for e in full.epochs])
     assert resumed.learning_rates == pytest.approx(full.learning_rates)
     assert resumed.best_epoch == full.best_epoch
     for (name, a), b in zip(reference.state_dict().items(), resumed_model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_without_the_compute_count_resumes_with_the_count_marked_partial(tmp_path):
+    config = TrainConfig(epochs=2, batch_size=8)
+    calls = []
+
+    def dies_in_epoch_two(m):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return toy_dev_score(m)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(build_tiny_llama(30, 32, 1, 2, 64, seed=0), toy_features(), 0, config, 1e-2, seed=0,
+              dev_score=dies_in_epoch_two, checkpoint_dir=tmp_path)
+    progress_path = tmp_path / "epoch-1" / "progress.json"
+    progress = json.loads(progress_path.read_text())
+    assert progress["compute"]["forward_tokens"] > 0
+    del progress["compute"]  # as written before checkpoints kept the count
+    progress_path.write_text(json.dumps(progress))
+    resumed = train(build_tiny_llama(30, 32, 1, 2, 64, seed=0), toy_features(), 0, config, 1e-2, seed=0,
+                    dev_score=toy_dev_score, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.resumed_from_epoch == 1 and resumed.carried_compute is None
 
 
 def test_a_nan_loss_stops_training_and_names_the_kept_checkpoint(tmp_path, monkeypatch):

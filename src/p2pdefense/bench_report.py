@@ -192,7 +192,7 @@ def markdown(report: Report, title: str, plots: list[Path]) -> str:
     lines += ["", "ASR: triggered inputs whose true label is not the target, counted in either label space. Floor: "
               "the clean reference (same data, attack at rate 0, no defense). Reduction over floor: (ASR_undef - "
               "ASR_def) / (ASR_undef - floor), per seed. Cost: estimated FLOPs and wall time against the undefended "
-              "run (runs resumed from a checkpoint left out: they counted only their last process).", ""]
+              "run (a run resumed from a checkpoint has no wall ratio: it timed its last process only).", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
 

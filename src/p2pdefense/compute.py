@@ -13,7 +13,7 @@ came first (`total_flops`; entries cached before the count add nothing).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from transformers import PreTrainedModel
@@ -29,6 +29,10 @@ class ComputeCount:
 
     def to_json(self) -> dict:
         return {**asdict(self), "flops": float(f"{self.flops:.4g}"), "cached_flops": float(f"{self.cached_flops:.4g}")}
+
+    def add(self, other: ComputeCount) -> None:
+        for name in (f.name for f in fields(self)):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 _active: list[ComputeCount] = []
@@ -75,14 +79,21 @@ def counting_compute():
 
 
 def _resumed(metrics: dict) -> bool:
-    """A run continued from an epoch checkpoint counted only the work of its last process (time and FLOPs)."""
+    """A run continued from an epoch checkpoint: its wall time is its last process's only."""
     return bool(metrics.get("resumed_from_epoch"))
+
+
+def partial_count(metrics: dict) -> bool:
+    """The run's count misses work: it resumed from a checkpoint that did not carry the count of the epochs before
+    it (checkpoints written before they did), or took its trained model from such a run."""
+    return bool(metrics.get("compute_partial", _resumed(metrics)))
 
 
 def compute_ratio(metrics: dict, reference: dict) -> float | None:
     """A run's estimated FLOPs, work served from caches included, over a reference run's (None where either run
-    predates the count, or resumed from a checkpoint: its count is partial)."""
-    if _resumed(metrics) or _resumed(reference):
+    predates the count, or its count is partial). A run resumed from a checkpoint counts the epochs that the
+    killed process did from the checkpoint, so its FLOPs are those of the uninterrupted run."""
+    if partial_count(metrics) or partial_count(reference):
         return None
     flops, reference_flops = (total_flops(m) for m in (metrics, reference))
     return flops / reference_flops if flops and reference_flops else None

@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 
 from . import report
 from .attacks import build_attack
-from .compute import ComputeCount, counting_compute, credit_cached, device_kind, total_flops
+from .compute import ComputeCount, counting_compute, credit_cached, device_kind, partial_count, total_flops
 from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
@@ -311,7 +311,8 @@ def reused_training(source_dir: Path, config: RunConfig, defense, device) -> Reu
     flops = sum(stages.get(s, 0.0) for s in SKIPPED_WHEN_TAKEN) if stages else total_flops(metrics) or 0.0
     report = TrainReport(best_epoch=metrics["best_epoch"], epochs=metrics["epochs"], seconds=metrics["train_seconds"],
                          tokens_per_s=metrics["train_tokens_per_s"],
-                         resumed_from_epoch=metrics.get("resumed_from_epoch") or 0)
+                         resumed_from_epoch=metrics.get("resumed_from_epoch") or 0,
+                         carried_compute=None if partial_count(metrics) else ComputeCount())
     seconds = sum((metrics.get("stage_seconds") or {"train": report.seconds}).get(s, 0.0) for s in SKIPPED_WHEN_TAKEN)
     return ReusedTraining(source_dir, report, flops, seconds, metrics.get("stealth"))
 
@@ -494,6 +495,8 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
         trained = defense.training_model(model, context)
         train_report = train(trained, features, tokenizer.pad_token_id, config.train, learning_rate,
                              config.seed, dev_quality if splits.dev else None, accelerator, checkpoints, resume)
+        if train_report.carried_compute is not None:  # the epochs that killed processes did before a resume
+            compute.add(train_report.carried_compute)
         model = defense.trained_model(accelerator.unwrap_model(trained))
         mark = lap("train", mark)
     else:
@@ -518,7 +521,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
         suspicion_auroc=None if suspicion is None else auroc(list(suspicion.values()),
                                                              [i in poisoned_ids for i in suspicion]),
         learning_rate=learning_rate, best_epoch=train_report.best_epoch, epochs=train_report.epochs,
-        resumed_from_epoch=train_report.resumed_from_epoch,
+        resumed_from_epoch=train_report.resumed_from_epoch, compute_partial=train_report.carried_compute is None,
         train_seconds=train_report.seconds, train_tokens_per_s=train_report.tokens_per_s,
         eval_seconds=stage_seconds["evaluate"], data_notes=splits.notes, defense_notes=context.notes,
         trained_from=None if reused is None else str(reused.run_dir),

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from .compute import ComputeCount, counting_compute
 from .tasks.classification import logits_at
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ class TrainReport:
     learning_rates: list[float] = field(default_factory=list)
     """The learning rate of every optimizer step (for checks of the schedule)."""
     resumed_from_epoch: int = 0
+    carried_compute: ComputeCount | None = field(default_factory=ComputeCount)
+    """The compute of the epochs that killed processes did before a resume (from the checkpoint); None where the
+    checkpoint predates that count."""
 
 
 @dataclass
@@ -147,6 +151,8 @@ class _Progress:
     total_tokens: int
     seconds: float
     learning_rates: list[float]
+    compute: dict | None = None
+    """The training loop's compute up to this epoch, over every process that worked on it (ComputeCount)."""
 
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -270,69 +276,74 @@ def train(model, features: list[dict[str, list[int]]], pad_id: int, config: Trai
             progress.learning_rates
         best_score, total_tokens, seconds_before = progress.best_score, progress.total_tokens, progress.seconds
         report.resumed_from_epoch = progress.epoch
+        report.carried_compute = None if progress.compute is None else ComputeCount(**progress.compute)
         log.info("resumed from %s (epoch %d of %d done)", latest, progress.epoch, config.epochs)
 
     start = time.perf_counter()
     step = len(report.learning_rates)
-    for epoch in range(first_epoch, config.epochs + 1):
-        model.train()
-        sampler.shuffle_for_epoch(epoch)
-        # the loss is summed on the device and synced every `log_every` steps, not after every batch
-        loss_sum = torch.zeros((), device=accelerator.device)
-        token_sum = torch.zeros((), dtype=torch.long, device=accelerator.device)
-        epoch_batches, epoch_start = 0, time.perf_counter()
-        # disable=None: a bar on a terminal, none in logs and CI
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   disable=None if accelerator.is_local_main_process else True)
-        for batch in bar:
-            with accelerator.accumulate(model):
-                # sum over this process's answer tokens / answer tokens of the whole global batch, times the
-                # number of processes (DDP averages gradients): the same loss as one process on the global batch
-                tokens = (batch["loss_targets"] != -100).sum()
-                global_tokens = accelerator.reduce(tokens, "sum") if processes > 1 else tokens
-                loss = answer_loss(model, batch, "sum") * processes / global_tokens.clamp(min=1)
-                if loss_transform is not None:
-                    loss = loss_transform(loss)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                report.learning_rates.append(scheduler.get_last_lr()[0])
-                step += 1
-            loss_sum += loss.detach() / processes
-            epoch_batches += 1
-            token_sum += batch["attention_mask"].sum()
-            if epoch_batches % config.log_every == 0:
-                _check_finite(loss_sum, epoch, epoch_batches, checkpoints)
-                bar.set_postfix(loss=f"{loss_sum.item() * processes / epoch_batches:.4f}")  # this process's view
-        # each process holds its share of every global batch's loss: their sum is the global loss
-        epoch_loss = (accelerator.reduce(loss_sum, "sum") if processes > 1 else loss_sum).item() / max(epoch_batches, 1)
-        epoch_tokens = int(accelerator.reduce(token_sum, "sum").item()) if processes > 1 else int(token_sum.item())
-        _check_finite(torch.tensor(epoch_loss), epoch, epoch_batches, checkpoints)
-        total_tokens += epoch_tokens
-        entry = {"epoch": epoch, "loss": epoch_loss,
-                 "tokens_per_s": epoch_tokens / (time.perf_counter() - epoch_start)}
-        if dev_score is not None:
-            model.eval()
-            entry["dev_score"] = dev_score(accelerator.unwrap_model(model))
-            # ties go to the later epoch: dev accuracy saturates early on easy data, and the first epoch
-            # reaching it is often undertrained (it would understate every run's learned behaviour)
-            if config.select_best_epoch and entry["dev_score"] >= best_score:
-                best_score, report.best_epoch = entry["dev_score"], epoch
-                best_state = {name: p.detach().to("cpu", copy=True)
-                              for name, p in _trainable(accelerator.unwrap_model(model)).items()}
-        if on_epoch_end is not None:
-            model.eval()
-            on_epoch_end(accelerator.unwrap_model(model), epoch)
-        report.epochs.append(entry)
-        accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=step)
-        if accelerator.is_local_main_process:
-            log.info("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
-        if checkpoints is not None:
-            checkpoints.save(epoch, _Progress(epoch, report.epochs, best_score, report.best_epoch, total_tokens,
-                                              seconds_before + time.perf_counter() - start, report.learning_rates),
-                             best_state)
+    with counting_compute() as spent:  # kept in each checkpoint, so that a resumed run counts the whole training
+        for epoch in range(first_epoch, config.epochs + 1):
+            model.train()
+            sampler.shuffle_for_epoch(epoch)
+            # the loss is summed on the device and synced every `log_every` steps, not after every batch
+            loss_sum = torch.zeros((), device=accelerator.device)
+            token_sum = torch.zeros((), dtype=torch.long, device=accelerator.device)
+            epoch_batches, epoch_start = 0, time.perf_counter()
+            # disable=None: a bar on a terminal, none in logs and CI
+            bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                       disable=None if accelerator.is_local_main_process else True)
+            for batch in bar:
+                with accelerator.accumulate(model):
+                    # sum over this process's answer tokens / answer tokens of the whole global batch, times the
+                    # number of processes (DDP averages gradients): the same loss as one process on the global batch
+                    tokens = (batch["loss_targets"] != -100).sum()
+                    global_tokens = accelerator.reduce(tokens, "sum") if processes > 1 else tokens
+                    loss = answer_loss(model, batch, "sum") * processes / global_tokens.clamp(min=1)
+                    if loss_transform is not None:
+                        loss = loss_transform(loss)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    report.learning_rates.append(scheduler.get_last_lr()[0])
+                    step += 1
+                loss_sum += loss.detach() / processes
+                epoch_batches += 1
+                token_sum += batch["attention_mask"].sum()
+                if epoch_batches % config.log_every == 0:
+                    _check_finite(loss_sum, epoch, epoch_batches, checkpoints)
+                    # this process's view
+                    bar.set_postfix(loss=f"{loss_sum.item() * processes / epoch_batches:.4f}")
+            # each process holds its share of every global batch's loss: their sum is the global loss
+            if processes > 1:
+                loss_sum, token_sum = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(token_sum, "sum")
+            epoch_loss, epoch_tokens = loss_sum.item() / max(epoch_batches, 1), int(token_sum.item())
+            _check_finite(torch.tensor(epoch_loss), epoch, epoch_batches, checkpoints)
+            total_tokens += epoch_tokens
+            entry = {"epoch": epoch, "loss": epoch_loss,
+                     "tokens_per_s": epoch_tokens / (time.perf_counter() - epoch_start)}
+            if dev_score is not None:
+                model.eval()
+                entry["dev_score"] = dev_score(accelerator.unwrap_model(model))
+                # ties go to the later epoch: dev accuracy saturates early on easy data, and the first epoch
+                # reaching it is often undertrained (it would understate every run's learned behaviour)
+                if config.select_best_epoch and entry["dev_score"] >= best_score:
+                    best_score, report.best_epoch = entry["dev_score"], epoch
+                    best_state = {name: p.detach().to("cpu", copy=True)
+                                  for name, p in _trainable(accelerator.unwrap_model(model)).items()}
+            if on_epoch_end is not None:
+                model.eval()
+                on_epoch_end(accelerator.unwrap_model(model), epoch)
+            report.epochs.append(entry)
+            accelerator.log({k: v for k, v in entry.items() if k != "epoch"}, step=step)
+            if accelerator.is_local_main_process:
+                log.info("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in entry.items()))
+            if checkpoints is not None:
+                checkpoints.save(epoch, _Progress(epoch, report.epochs, best_score, report.best_epoch, total_tokens,
+                                                  seconds_before + time.perf_counter() - start, report.learning_rates,
+                                                  _so_far(report.carried_compute, spent)), best_state)
     report.seconds = seconds_before + time.perf_counter() - start
     report.tokens_per_s = total_tokens / max(report.seconds, 1e-9)
     model = accelerator.unwrap_model(model)
@@ -343,6 +354,14 @@ def train(model, features: list[dict[str, list[int]]], pad_id: int, config: Trai
                 params[name].copy_(value)
     model.eval()
     return report
+
+
+def _so_far(carried: ComputeCount | None, spent: ComputeCount) -> dict | None:
+    if carried is None:
+        return None
+    total = ComputeCount(**asdict(carried))
+    total.add(spent)
+    return asdict(total)
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, batches: int, checkpoints: Checkpoints | None) -> None:
