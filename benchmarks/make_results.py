@@ -72,7 +72,10 @@ STORES = {
                           "with --attacks badnets-clean-label); the same with --seeds 3 4 --attacks addsent ctba "
                           "badnets-clean-label --parts knobs; the same with --attacks ctba, then "
                           "badnets-clean-label, then addsent (--workers 2), --cells 'pdb trusted 50' 'pdb trusted "
-                          "100' 'pdb trusted 500'"),
+                          "100' 'pdb trusted 500'; the same with --seeds 3 4 --attacks ctba --cells 'pdb given' "
+                          "--workers 2 (stopped for time); python benchmarks/p2p_ablation.py --model tiny --attacks "
+                          "addsent ctba badnets-clean-label --parts poisoned source --workers 2 (run twice: its time "
+                          "limit stopped the first two cells before the end)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
