@@ -94,6 +94,19 @@ def toy_dev_score(m):
     return (logits.argmax(-1) == torch.arange(10) + 12).float().mean().item()
 
 
+def dev_score_dying_in_epoch(epoch: int):
+    """A dev score that kills the run (KeyboardInterrupt) at the end of `epoch`, before its checkpoint."""
+    calls = []
+
+    def score(model):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return toy_dev_score(model)
+
+    return score
+
+
 def test_a_run_stopped_after_epoch_two_resumes_to_the_same_weights_and_report(tmp_path):
     config = TrainConfig(epochs=4, batch_size=8)
     reference = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
@@ -101,14 +114,7 @@ def test_a_run_stopped_after_epoch_two_resumes_to_the_same_weights_and_report(tm
         full = train(reference, toy_features(), 0, config, 1e-2, seed=0, dev_score=toy_dev_score)
     assert full.carried_compute == ComputeCount()  # nothing done by an earlier process
 
-    calls = []
-
-    def dies_in_epoch_three(m):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return toy_dev_score(m)
-
+    dies_in_epoch_three = dev_score_dying_in_epoch(3)
     first = build_tiny_llama(30, 32, 1, 2, 64, seed=0)
     with pytest.raises(KeyboardInterrupt):
         train(first, toy_features(), 0, config, 1e-2, seed=0, dev_score=dies_in_epoch_three,
@@ -134,14 +140,7 @@ def test_a_run_stopped_after_epoch_two_resumes_to_the_same_weights_and_report(tm
 
 def test_a_checkpoint_without_the_compute_count_resumes_with_the_count_marked_partial(tmp_path):
     config = TrainConfig(epochs=2, batch_size=8)
-    calls = []
-
-    def dies_in_epoch_two(m):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return toy_dev_score(m)
-
+    dies_in_epoch_two = dev_score_dying_in_epoch(2)
     with pytest.raises(KeyboardInterrupt):
         train(build_tiny_llama(30, 32, 1, 2, 64, seed=0), toy_features(), 0, config, 1e-2, seed=0,
               dev_score=dies_in_epoch_two, checkpoint_dir=tmp_path)
