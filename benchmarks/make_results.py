@@ -75,7 +75,9 @@ STORES = {
                           "100' 'pdb trusted 500'; the same with --seeds 3 4 --attacks ctba --cells 'pdb given' "
                           "--workers 2 (stopped for time); python benchmarks/p2p_ablation.py --model tiny --attacks "
                           "addsent ctba badnets-clean-label --parts poisoned source --workers 2 (run twice: its time "
-                          "limit stopped the first two cells before the end)"),
+                          "limit stopped the first two cells before the end); python benchmarks/p2p_ablation.py "
+                          "--model tiny --attacks synbkd-imdb --cells 'random (blind)' 'trusted 200' 'given, 0 "
+                          "poisoned' --workers 1, then --cells 'pdb given' --workers 1"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -146,7 +148,9 @@ STORES = {
                            "then --seeds 1 2 --attacks synbkd-imdb --workers 2; the same with --seeds 0 --attacks "
                            "badnets addsent ctba vpi --defenses onion (stopped for time; vpi run again after ONION "
                            "began to filter the instruction); the same with --seeds 1 --attacks vpi badnets "
-                           "--defenses onion, then --attacks ctba addsent badnets-clean-label (stopped for time)"),
+                           "--defenses onion, then --attacks ctba addsent badnets-clean-label (stopped for time), "
+                           "then --attacks addsent badnets-clean-label; the same with --seeds 2 --attacks badnets "
+                           "badnets-clean-label vpi ctba addsent --defenses onion"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
                               "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
