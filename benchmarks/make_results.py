@@ -77,7 +77,8 @@ STORES = {
                           "addsent ctba badnets-clean-label --parts poisoned source --workers 2 (run twice: its time "
                           "limit stopped the first two cells before the end); python benchmarks/p2p_ablation.py "
                           "--model tiny --attacks synbkd-imdb --cells 'random (blind)' 'trusted 200' 'given, 0 "
-                          "poisoned' --workers 1, then --cells 'pdb given' --workers 1"),
+                          "poisoned' --workers 1, then --cells 'pdb given' --workers 1, then --cells 'p2p given, 1 "
+                          "poisoned' --workers 2"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
