@@ -78,7 +78,10 @@ STORES = {
                           "limit stopped the first two cells before the end); python benchmarks/p2p_ablation.py "
                           "--model tiny --attacks synbkd-imdb --cells 'random (blind)' 'trusted 200' 'given, 0 "
                           "poisoned' --workers 1, then --cells 'pdb given' --workers 1, then --cells 'p2p given, 1 "
-                          "poisoned' --workers 2"),
+                          "poisoned' --workers 2, then --cells 'p2p given, 2 ' 'p2p given, 5 ' 'p2p given, 10 ' "
+                          "'p2p given, 20 ' --workers 1, then --cells 'ranked training_dynamics' 'ranked "
+                          "representation' --workers 1 beside --cells 'ranked reference_agreement' --workers 1, "
+                          "then --cells 'ranked ensemble' --workers 1"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
@@ -151,7 +154,8 @@ STORES = {
                            "began to filter the instruction); the same with --seeds 1 --attacks vpi badnets "
                            "--defenses onion, then --attacks ctba addsent badnets-clean-label (stopped for time), "
                            "then --attacks addsent badnets-clean-label; the same with --seeds 2 --attacks badnets "
-                           "badnets-clean-label vpi ctba addsent --defenses onion"),
+                           "badnets-clean-label vpi ctba addsent --defenses onion; the same with --seeds 0 1 2 "
+                           "--attacks math-badnets-offset math-badnets-fixed --defenses onion"),
     "defense-suite-smollm2": ("The defense suite, SmolLM2-135M strong2, seed 0: BadNets and part of CTBA on an "
                               "NVIDIA H200 (bf16 base weights; their clean and undefended runs too), clean-label "
                               "ONION, CUBE on CTBA, clean-label BadNets, AddSent and VPI, and VPI's clean and "
