@@ -1,4 +1,4 @@
-"""`p2p report BENCH_DIR`: tables (Markdown and a self-contained HTML page) and PNG plots from a results store.
+"""`p2p report BENCH_DIR`: tables (Markdown and an HTML page) and PNG plots from a results store.
 
 Every number comes from the store's rows. Runs are grouped into settings by their configuration without the
 seed; each setting shows mean ± sd over seeds and the number of seeds. A defended or undefended run is matched,
@@ -10,7 +10,6 @@ matches.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import json
@@ -201,9 +200,10 @@ def html_page(report: Report, title: str, plots: list[Path]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(e)) + "</tr>"
                    for e in report.table())
-    images = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
-                     f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
-                     for p in plots)
+    # The PNGs sit beside the page (write_report puts both in `out`); embedding them as base64 would store every
+    # plot twice and add megabytes to a tracked store's history on each rewrite.
+    images = "".join(f'<figure><img alt="{html.escape(p.stem)}" src="{html.escape(p.name)}">'
+                     f'<figcaption>{html.escape(p.stem)}</figcaption></figure>' for p in plots)
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
              "padding:4px 8px;text-align:right}td:first-child{text-align:left}img{max-width:900px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
