@@ -77,8 +77,8 @@ def row(seed, defense, attack_rate, ca, asr, wall, tacc=None, log=(), flops=None
     config["attack"]["rate"] = attack_rate
     config["defense"] = {"name": defense, **({"ratio": 0.3} if defense == "p2p" else {})}
     digest = f"{seed}-{defense}-{attack_rate}"
-    return {"hash": digest, "run_dir": digest, "config": config, "train_log": list(log),
-            "metrics": {"ca": ca, "asr": asr, "wall_seconds": wall, "triggered_accuracy": tacc,
+    return {"hash": digest, "run_dir": digest, "config": config,
+            "metrics": {"ca": ca, "asr": asr, "wall_seconds": wall, "triggered_accuracy": tacc, "epochs": list(log),
                         "num_benign": 10 if defense == "p2p" else 0, "num_poisoned_in_benign_subset": seed,
                         **({"compute": {"flops": flops}} if flops else {})}}
 

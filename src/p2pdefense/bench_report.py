@@ -212,6 +212,11 @@ def html_page(report: Report, title: str, plots: list[Path]) -> str:
             f"{images}</body></html>\n")
 
 
+def _epoch_log(row: dict) -> list[dict]:
+    """The run's per-epoch training log (loss, dev score, tokens/s); empty for a run that trained nothing."""
+    return row["metrics"].get("epochs") or []
+
+
 LEGEND_MAX_LINES = 80  # beyond this a legend is a page of text nobody matches to colours, and bloats results.html
 
 
@@ -289,13 +294,13 @@ def plots(report: Report, out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    if any(r.get("train_log") for r in rows):
+    if any(_epoch_log(r) for r in rows):
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
         for entry in report.table():
             members = [r for r in rows if report.label(r) == entry["setting"]]
-            epochs = sorted({e["epoch"] for r in members for e in r.get("train_log", [])})
+            epochs = sorted({e["epoch"] for r in members for e in _epoch_log(r)})
             for axis, key in ((left, "loss"), (right, "dev_score")):
-                ys = [_mean_sd([e.get(key) for r in members for e in r.get("train_log", []) if e["epoch"] == x])[0]
+                ys = [_mean_sd([e.get(key) for r in members for e in _epoch_log(r) if e["epoch"] == x])[0]
                       for x in epochs]
                 if epochs and any(y is not None for y in ys):
                     axis.plot(epochs, ys, marker=".", label=entry["setting"])

@@ -4,7 +4,7 @@ JSONL rather than SQLite: rows are appended by one writer per process (the bench
 at most the line being written (a torn last line is skipped on read), shards on other machines write their
 own `results.shard-I-of-K.jsonl` and merging is concatenation (rows are keyed by the run's configuration hash),
 and the committed stores diff line by line in git. `rebuild` recreates it from the run directories
-(`runs/<hash>/config.yaml`, `metrics.json`, `train_log.jsonl`). Run directories are not committed, so a committed
+(`runs/<hash>/config.yaml`, `metrics.json`). Run directories are not committed, so a committed
 row alone counts as a finished run of its configuration (`finished_row`: a fresh clone resumes a benchmark
 instead of repeating it) and `rebuild` keeps the rows whose run directory is not there.
 """
@@ -28,12 +28,10 @@ def row_from_run(run_dir: Path, label: str | None = None) -> dict | None:
     if not metrics_path.exists():
         return None
     config = load_config(run_dir / "config.yaml")
-    log_path = run_dir / "train_log.jsonl"
+    # metrics["epochs"] is the run's per-epoch log (the same rows as train_log.jsonl), so the row holds it once
     return {"hash": config_hash(config), "cell": label, "run_dir": run_dir.name,
             "config": config.model_dump(mode="json", exclude={"output_dir", "name"}),
-            "metrics": json.loads(metrics_path.read_text(encoding="utf-8")),
-            "train_log": [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()]
-            if log_path.exists() else []}
+            "metrics": json.loads(metrics_path.read_text(encoding="utf-8"))}
 
 
 class ResultsStore:
