@@ -82,7 +82,9 @@ STORES = {
                           "'p2p given, 20 ' --workers 1, then --cells 'ranked training_dynamics' 'ranked "
                           "representation' --workers 1 beside --cells 'ranked reference_agreement' --workers 1, "
                           "then --cells 'ranked ensemble' --workers 1, then --cells 'p2p trusted 50' 'p2p trusted "
-                          "100' 'p2p trusted 500' --workers 2 (stopped for time: each row gives its seed count)"),
+                          "100' 'p2p trusted 500' --workers 2 (stopped for time: each row gives its seed count), "
+                          "then --cells 'p2p trusted 500' 'pdb trusted' 'p2p ratio' 'p2p repeat' 'p2p shared cue' "
+                          "'p2p salient' --workers 2 (SynBkd's last cells)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
