@@ -84,7 +84,9 @@ STORES = {
                           "then --cells 'ranked ensemble' --workers 1, then --cells 'p2p trusted 50' 'p2p trusted "
                           "100' 'p2p trusted 500' --workers 2 (stopped for time: each row gives its seed count), "
                           "then --cells 'p2p trusted 500' 'pdb trusted' 'p2p ratio' 'p2p repeat' 'p2p shared cue' "
-                          "'p2p salient' --workers 2 (SynBkd's last cells)"),
+                          "'p2p salient' --workers 2 (SynBkd's last cells); python benchmarks/p2p_ablation.py "
+                          "--model tiny --attacks topics4-badnets --seeds 1, then --seeds 2, then --seeds 0 "
+                          "(SmolLM2-ranked cells; seed 0 stopped for time)"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
