@@ -209,6 +209,24 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     assert len(store.rows()) == 6
 
 
+def test_a_run_finished_by_two_processes_is_stored_once(tmp_path):
+    """Two bench processes on one cell both call `ensure` on its run directory; the second must see the row
+    the first appended after it had read the store, not its own stale view."""
+    from p2pdefense.config import to_yaml
+
+    cell = expand(grid(axes={"seed": [0]}, baselines=False), tmp_path, tmp_path)[0]
+    run_dir = tmp_path / "runs" / cell.hash
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cell.config), encoding="utf-8")
+    (run_dir / "metrics.json").write_text(json.dumps({"ca": 0.5, "asr": 0.25}), encoding="utf-8")
+    first, second = ResultsStore(tmp_path), ResultsStore(tmp_path)
+    first.ensure(tmp_path / "runs" / "not-finished")  # reads the (empty) store before the other process writes
+    second.ensure(run_dir)
+    first.ensure(run_dir)
+    lines = first.path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["hash"] for line in lines] == [cell.hash]
+
+
 def test_a_cell_keeps_its_first_label_when_another_grid_shares_its_run(tmp_path):
     store = ResultsStore(tmp_path)
     store.record_labels({"aaa": "badnets | cube, seed=0 (undefended)"})

@@ -16,6 +16,11 @@ import logging
 import os
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock; the re-read in `ensure` still sees rows written before it
+    fcntl = None
+
 log = logging.getLogger(__name__)
 
 
@@ -83,9 +88,12 @@ class ResultsStore:
     def append(self, row: dict) -> None:
         self.bench_dir.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            self._write(handle, row)
+
+    def _write(self, handle, row: dict) -> None:
+        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
         if self._hashes is not None:
             self._hashes.add(row["hash"])
         if self._rows is not None:
@@ -107,12 +115,21 @@ class ResultsStore:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def ensure(self, run_dir: Path) -> None:
-        """Add the row of a finished run unless the store has it."""
+        """Add the row of a finished run unless the store has it. Before appending, the store files are read
+        again under a lock on the file written to: another bench process given the same cell may have added the
+        row since this one last read them."""
         if self._hashes is None:
             self._hashes = {r["hash"] for r in self.rows()}
         row = row_from_run(run_dir, self.labels().get(run_dir.name))
-        if row is not None and row["hash"] not in self._hashes:
-            self.append(row)
+        if row is None or row["hash"] in self._hashes:
+            return
+        self.bench_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+            self._hashes = {r["hash"] for r in self.rows()}
+            if row["hash"] not in self._hashes:
+                self._write(handle, row)
 
     def rebuild(self) -> int:
         """Recreate results.jsonl from the run directories, keeping the rows of runs whose directory is not here
