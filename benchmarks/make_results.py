@@ -86,7 +86,8 @@ STORES = {
                           "then --cells 'p2p trusted 500' 'pdb trusted' 'p2p ratio' 'p2p repeat' 'p2p shared cue' "
                           "'p2p salient' --workers 2 (SynBkd's last cells); python benchmarks/p2p_ablation.py "
                           "--model tiny --attacks topics4-badnets --seeds 1, then --seeds 2, then --seeds 0 "
-                          "(SmolLM2-ranked cells; seed 0 stopped for time)"),
+                          "(SmolLM2-ranked cells; seed 0 stopped for time, then run again), then --seeds 3, then "
+                          "--seeds 4"),
     "p2p-ablation-smollm2": ("The defensive-subset ablation, SmolLM2-135M strong2, key cells",
                              "python benchmarks/p2p_ablation.py --model smollm2 --seeds 0 --parts key "
                              "--cells 'p2p ranked reference_agreement' 'pdb trusted 200' 'p2p trusted 200'; "
