@@ -120,7 +120,9 @@ STORES = {
                              "--cells 'p2p ranked reference_agreement, counter-examples 5%'; the same with --seeds "
                              "2 --attacks addsent --cells 'p2p trusted 200, reject' 'p2p trusted 200, repeat 5, "
                              "reject'; the same with --seeds 2 --attacks ctba --cells 'p2p trusted 200, reject' "
-                             "'p2p trusted 200, repeat 5, reject' --workers 1"),
+                             "'p2p trusted 200, repeat 5, reject' --workers 1; the same with --seeds 0 1 --parts key "
+                             "--attacks addsent ctba badnets-clean-label --cells 'trusted 200' --workers 2; the same "
+                             "with --seeds 1 --attacks ctba --cells 'pdb ranked'"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
