@@ -159,7 +159,9 @@ def suite_table(bench_dir) -> str:
              "against the undefended run of the same seed, leaving out the wall time of runs resumed from a "
              "checkpoint (it is their last process's), the FLOPs of those resumed from a checkpoint older than "
              "the count it keeps, and the wall time of runs on another kind of device than their undefended run. "
-             "A rejected input is neither correct nor an attack success. The moderate-fitting "
+             "A rejected input is neither correct nor an attack success; rejected trig. % is of every "
+             "triggered input, those whose true label is the target included (ASR counts only the others). "
+             "The moderate-fitting "
              "row is no defense, trained less (a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):

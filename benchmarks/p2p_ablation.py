@@ -220,7 +220,8 @@ def ablation_table(bench_dir: Path) -> str:
              "other numbers there). floor: the clean model's ASR; undefended: the attack without defense. "
              "Poisoned in S: poisoned rows among the defensive rows (joined after the run; the defense never saw "
              "them). AUROC: the blind scorer's suspicion against the poison (ranked cells). A rejected input counts "
-             "as neither correct nor an attack success.", ""]
+             "as neither correct nor an attack success. Rejected trig. %: of every triggered input, those whose "
+             "true label is the target included (ASR counts only the others).", ""]
     for attack in sorted({a for a, _ in groups}):
         seen_seeds = {}
         for kind in ("clean", "undefended"):
