@@ -117,6 +117,12 @@ def cell_raw(model: str, attack: dict, overrides: dict) -> dict:
     return raw
 
 
+REJECTIONS_LEGEND = ("A rejected input counts as neither correct nor an attack success; rejected trig. % is of "
+                     "every triggered input, those whose true label is the target included (ASR counts only "
+                     "the others).")
+"""The tables' sentence on the `rejections` column."""
+
+
 def rejections(metrics: list[dict]) -> str:
     """'clean / triggered' rejection rates (mean ± sd, %) for runs that rejected anything, else '' (a detector that
     rejected no clean input still shows its 0.0 beside the triggered rate)."""

@@ -24,6 +24,7 @@ from common import (  # benchmarks/common.py
     MATH,
     MATH_FIXED,
     MODELS,
+    REJECTIONS_LEGEND,
     ROOT,
     add_run_options,
     base_raw,
@@ -159,9 +160,7 @@ def suite_table(bench_dir) -> str:
              "against the undefended run of the same seed, leaving out the wall time of runs resumed from a "
              "checkpoint (it is their last process's), the FLOPs of those resumed from a checkpoint older than "
              "the count it keeps, and the wall time of runs on another kind of device than their undefended run. "
-             "A rejected input is neither correct nor an attack success; rejected trig. % is of every "
-             "triggered input, those whose true label is the target included (ASR counts only the others). "
-             "The moderate-fitting "
+             + REJECTIONS_LEGEND + " The moderate-fitting "
              "row is no defense, trained less (a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):

@@ -30,6 +30,7 @@ from pathlib import Path
 from common import (  # benchmarks/common.py
     ATTACKS,
     MODELS,
+    REJECTIONS_LEGEND,
     ROOT,
     SALIENT_TRIGGER,
     add_run_options,
@@ -219,9 +220,7 @@ def ablation_table(bench_dir: Path) -> str:
              "Mean ± sd over seeds (\"(k on GPU)\": k of them ran on a GPU, in bf16: the same configuration gives "
              "other numbers there). floor: the clean model's ASR; undefended: the attack without defense. "
              "Poisoned in S: poisoned rows among the defensive rows (joined after the run; the defense never saw "
-             "them). AUROC: the blind scorer's suspicion against the poison (ranked cells). A rejected input counts "
-             "as neither correct nor an attack success. Rejected trig. %: of every triggered input, those whose "
-             "true label is the target included (ASR counts only the others).", ""]
+             "them). AUROC: the blind scorer's suspicion against the poison (ranked cells). " + REJECTIONS_LEGEND, ""]
     for attack in sorted({a for a, _ in groups}):
         seen_seeds = {}
         for kind in ("clean", "undefended"):
