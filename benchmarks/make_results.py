@@ -122,7 +122,8 @@ STORES = {
                              "reject'; the same with --seeds 2 --attacks ctba --cells 'p2p trusted 200, reject' "
                              "'p2p trusted 200, repeat 5, reject' --workers 1; the same with --seeds 0 1 --parts key "
                              "--attacks addsent ctba badnets-clean-label --cells 'trusted 200' --workers 2; the same "
-                             "with --seeds 1 --attacks ctba --cells 'pdb ranked'"),
+                             "with --seeds 1 --attacks ctba --cells 'pdb ranked'; the same with --seeds 1 --parts "
+                             "key --attacks addsent ctba badnets-clean-label --workers 2"),
     "defense-suite-tiny": ("The defense suite, tiny model, seeds 0-2 for most cells (each row gives its seed count)",
                            "python benchmarks/defense_suite.py --model tiny --seeds 0 --attacks ATTACK --defenses "
                            "p2p pdb-trusted-200 bki spectral activation-clustering cube abl dpoe finetune-200 "
