@@ -219,7 +219,8 @@ STORES = {
                               "badnets --defenses p2p p2p-ranked pdb pdb-ranked pdb-trusted-200 and --seeds 1 "
                               "--attacks addsent ctba badnets-clean-label --defenses p2p p2p-ranked (copies only); "
                               "--seeds 1 --attacks badnets --defenses onion, then --seeds 2; --seeds 1 --attacks "
-                              "addsent --defenses strip-1% strip-5% wanda finetune-200"),
+                              "addsent --defenses strip-1% strip-5% wanda finetune-200; --seeds 0 2 --attacks "
+                              "addsent --defenses finetune-200 crow-200 --workers 2"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
