@@ -184,7 +184,8 @@ STORES = {
                               "BadNets seed 1 on CPU: spectral, DPoE, moderate-fitting (its own clean and "
                               "undefended runs), activation clustering and ABL; the P2P/PDB cells of BadNets seeds "
                               "1-2 and of CTBA, AddSent and clean-label BadNets seed 1, copied from that store; "
-                              "ONION on BadNets seeds 1-2 and STRIP, Wanda and fine-tuning on AddSent seed 1 (CPU)",
+                              "ONION on BadNets seeds 1-2 and STRIP, Wanda and fine-tuning on AddSent seed 1 (CPU); "
+                              "ONION on AddSent, CTBA and VPI seed 0 and CTBA seed 1, CROW on AddSent seed 1 (CPU)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--attacks badnets-clean-label --defenses onion; the same with --attacks ctba "
                               "badnets-clean-label addsent --defenses bki cube --workers 2 (the BKI cells stopped for "
@@ -220,7 +221,9 @@ STORES = {
                               "--attacks addsent ctba badnets-clean-label --defenses p2p p2p-ranked (copies only); "
                               "--seeds 1 --attacks badnets --defenses onion, then --seeds 2; --seeds 1 --attacks "
                               "addsent --defenses strip-1% strip-5% wanda finetune-200; --seeds 0 2 --attacks "
-                              "addsent --defenses finetune-200 crow-200 --workers 2"),
+                              "addsent --defenses finetune-200 crow-200 --workers 2; --seeds 0 --attacks addsent "
+                              "ctba vpi --defenses onion --workers 2; --seeds 1 --attacks addsent --defenses "
+                              "crow-200; --seeds 1 --attacks ctba --defenses onion"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
