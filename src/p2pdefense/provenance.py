@@ -19,19 +19,29 @@ def _version(name: str) -> str | None:
         return None
 
 
-@cache
-def git_commit() -> dict:
-    """The commit of the checkout this package runs from (None outside a git checkout), and whether it has
-    uncommitted changes."""
-    source = Path(__file__).resolve().parent
+# Measured rows, result pages and prose change during a benchmark without changing a number; the dirty flag
+# says whether the code or configs that produce the numbers differ from the commit.
+NOT_CODE = (":(top,exclude)benchmarks/results", ":(top,exclude,glob)**/*.md", ":(top,exclude)docs")
+
+
+def git_state(source: Path) -> dict:
+    """The commit of the git checkout holding `source` (None outside one), and whether its tracked code or
+    configs have uncommitted changes."""
     try:
         commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no",
+                                  "--", ":(top)", *NOT_CODE],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
+    return {"commit": commit, "dirty": changed != ""}
+
+
+@cache
+def git_commit() -> dict:
+    """`git_state` of the checkout this package runs from."""
+    return git_state(Path(__file__).resolve().parent)
 
 
 def provenance(model=None, accelerator=None) -> dict:
