@@ -185,7 +185,9 @@ STORES = {
                               "undefended runs), activation clustering and ABL; the P2P/PDB cells of BadNets seeds "
                               "1-2 and of CTBA, AddSent and clean-label BadNets seed 1, copied from that store; "
                               "ONION on BadNets seeds 1-2 and STRIP, Wanda and fine-tuning on AddSent seed 1 (CPU); "
-                              "ONION on AddSent, CTBA and VPI seed 0 and CTBA seed 1, CROW on AddSent seed 1 (CPU)",
+                              "ONION on AddSent, CTBA and VPI seed 0 and CTBA seed 1, CROW on AddSent seed 1 (CPU); "
+                              "CUBE on AddSent seed 2, VPI seed 2: its clean and undefended runs, CUBE, CROW, "
+                              "fine-tuning, Wanda and STRIP (CPU)",
                               "python benchmarks/defense_suite.py --model smollm2 --seeds 0 "
                               "--attacks badnets-clean-label --defenses onion; the same with --attacks ctba "
                               "badnets-clean-label addsent --defenses bki cube --workers 2 (the BKI cells stopped for "
@@ -223,7 +225,9 @@ STORES = {
                               "addsent --defenses strip-1% strip-5% wanda finetune-200; --seeds 0 2 --attacks "
                               "addsent --defenses finetune-200 crow-200 --workers 2; --seeds 0 --attacks addsent "
                               "ctba vpi --defenses onion --workers 2; --seeds 1 --attacks addsent --defenses "
-                              "crow-200; --seeds 1 --attacks ctba --defenses onion"),
+                              "crow-200; --seeds 1 --attacks ctba --defenses onion; --seeds 2 --attacks addsent vpi "
+                              "--defenses cube crow-200 --workers 2; --seeds 2 --attacks vpi --defenses strip-1% "
+                              "strip-5% finetune-200 wanda --workers 1"),
 }
 # the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
 OWN_TABLES = ("ablation.md", "suite.md")
