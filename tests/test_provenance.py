@@ -9,8 +9,10 @@ def git(repo, *args):
 
 def test_dirty_flag_follows_code_not_results_or_prose(tmp_path):
     (tmp_path / "src").mkdir()
+    (tmp_path / "docs").mkdir()
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     files = {"src/model.py": "x = 1\n", "benchmarks/results/results.jsonl": "{}\n", "README.md": "# r\n",
+             "docs/findings.md": "# f\n",
              "configs.yaml": "a: 1\n"}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -24,6 +26,7 @@ def test_dirty_flag_follows_code_not_results_or_prose(tmp_path):
 
     (tmp_path / "benchmarks/results/results.jsonl").write_text('{"asr": 1}\n')
     (tmp_path / "README.md").write_text("# edited\n")
+    (tmp_path / "docs/findings.md").write_text("# edited\n")
     (tmp_path / "notes.txt").write_text("untracked\n")
     assert git_state(tmp_path / "src")["dirty"] is False
 

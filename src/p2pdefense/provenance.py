@@ -21,7 +21,7 @@ def _version(name: str) -> str | None:
 
 # Measured rows, result pages and prose change during a benchmark without changing a number; the dirty flag
 # says whether the code or configs that produce the numbers differ from the commit.
-NOT_CODE = (":(top,exclude)benchmarks/results", ":(top,exclude,glob)**/*.md", ":(top,exclude)docs")
+NOT_CODE = (":(top,exclude)benchmarks/results", ":(top,exclude,glob)**/*.md")
 
 
 def git_state(source: Path) -> dict:
