@@ -342,3 +342,28 @@ def test_text_scoring_skips_the_chunks_another_process_saved_meanwhile(tmp_path,
     asked.clear()
     assert probe.cached_text_scores(tmp_path, ["e", "ff", "ggg"], {"k": 1}, lengths) == [1, 2, 3]
     assert asked == ["ggg", "e", "ff"]
+
+
+def test_a_killed_text_scoring_keeps_what_it_scored_before_the_last_timed_save(tmp_path, monkeypatch):
+    """Long texts (ONION on IMDB reviews) take minutes a chunk: within a chunk the scores are saved on a clock too."""
+    from p2pdefense.defenses import probe
+
+    clock = iter(range(0, 1000, 100))  # each reading of the clock 100 s after the last
+    monkeypatch.setattr(probe.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(probe, "SAVE_SECONDS", 250.0)
+    asked: list[str] = []
+
+    def dies_at_the_fifth(texts):
+        if len(asked) == 4:
+            raise KeyboardInterrupt
+        asked.extend(texts)
+        return [len(texts[0])]
+
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]  # one chunk (SAVE_EVERY is 200)
+    with pytest.raises(KeyboardInterrupt):
+        probe.cached_text_scores(tmp_path, texts, {"k": 1}, dies_at_the_fifth)
+    monkeypatch.setattr(probe, "SAVE_SECONDS", 1e9)
+    asked.clear()
+    assert probe.cached_text_scores(tmp_path, texts, {"k": 1}, lambda t: asked.extend(t) or [len(t[0])]) == \
+        [1, 2, 3, 4, 5]
+    assert asked == ["dddd", "eeeee"]  # the first three were saved 300 s in; the fourth, 100 s later, was not

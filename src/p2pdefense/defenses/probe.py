@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import sqlite3
+import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -254,7 +255,10 @@ def cached_scores(cache_dir: Path, rows: list[Example], parts: dict, compute: Ca
 
 
 SAVE_EVERY = 200
-"""Texts scored between two writes of the text-score cache."""
+"""Texts in a chunk of the text-score cache's work (a process skips the chunk's texts another one saved)."""
+SAVE_SECONDS = 300.0
+"""The longest scoring between two writes of the text-score cache: a chunk of long texts (ONION on IMDB reviews
+takes about 30 s a text on a CPU core) must not lose more than this when the run is killed."""
 
 
 def _saved_text_scores(path: Path, texts: list[str]) -> tuple[dict[str, str], float]:
@@ -271,14 +275,21 @@ def _saved_text_scores(path: Path, texts: list[str]) -> tuple[dict[str, str], fl
     return known, flops_total
 
 
+def _save_text_scores(path: Path, fresh: list[tuple[str, str, float]]) -> None:
+    if fresh:
+        with closing(sqlite3.connect(path, timeout=600)) as db, db:
+            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
+
+
 def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
                        compute: Callable[[list[str]], list]) -> list:
     """One score (any JSON value) per text, cached by text in one SQLite file per settings: runs that share a
     reference model and settings (a grid's attacks and defenses on one seed) score each distinct text once.
     `compute([text])` is called for each distinct text not yet cached, so a text's score and its FLOPs (kept with
-    it) are its own. The missing texts are scored in chunks of SAVE_EVERY, each saved when done (a killed run
-    keeps them), from a random first chunk on, and a chunk skips what another process saved meanwhile: two
-    workers that need the same texts share the work instead of both doing all of it (SQLite locks the file)."""
+    it) are its own. The missing texts are scored in chunks of SAVE_EVERY, saved when a chunk is done and at least
+    every SAVE_SECONDS within it (a killed run keeps them), from a random first chunk on, and a chunk skips what
+    another process saved before it began: two workers that need the same texts share the work instead of both
+    doing all of it (SQLite locks the file)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{content_key([], parts)}.sqlite"
     distinct = list(dict.fromkeys(texts))
@@ -294,7 +305,7 @@ def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
             credit_cached(saved_flops)
             known.update(saved)
             progress.update(len(saved))
-            fresh = []
+            fresh, last_save = [], time.monotonic()
             for text in (text for text in chunk if text not in saved):
                 with counting_compute() as spent:
                     values = compute([text])
@@ -302,9 +313,12 @@ def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
                     raise ValueError(f"the scorer returned {len(values)} scores for 1 text")
                 fresh.append((text, json.dumps(values[0]), spent.flops + spent.cached_flops))
                 progress.update(1)
-            if fresh:
-                with closing(sqlite3.connect(path, timeout=600)) as db, db:
-                    db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
+                if time.monotonic() - last_save >= SAVE_SECONDS:
+                    _save_text_scores(path, fresh)
+                    known.update((text, value) for text, value, _ in fresh)
+                    computed += len(fresh)
+                    fresh, last_save = [], time.monotonic()
+            _save_text_scores(path, fresh)
             known.update((text, value) for text, value, _ in fresh)
             computed += len(fresh)
     if texts:
