@@ -383,11 +383,17 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
 
     def text_score_cache(texts, settings, compute):
         # a named reference (SmolLM2, a hub id, a path) scores a text the same for every run, seed and model that
-        # loads it the same way; only the run's own base model ("base") makes the scores the run's
-        reference = settings.get("reference", "base")
-        owner = identity if reference == "base" else {"reference_dtype": config.model.dtype, "numerics": numerics}
-        if reference == "base" and config.model.preset == "tiny":  # its tokenizer is trained on this corpus
-            owner = {**owner, "tokenizer_corpus": corpus_digest(corpus)}
+        # loads it the same way; so does the base model of a pretrained run, which is filed under its name (a
+        # SmolLM2 run's "base" shares the scores of the tiny runs' "smollm2-135m"). Only the tiny preset's base
+        # model, trained from random weights on this run's data, makes the scores the run's.
+        if settings.get("reference", "base") == "base" and config.model.preset != "tiny":
+            settings = {**settings, "reference": config.model.preset or config.model.name_or_path}
+            if config.model.gguf_file is not None:
+                settings["reference_gguf_file"] = config.model.gguf_file
+        if settings.get("reference", "base") == "base":
+            owner = {**identity, "tokenizer_corpus": corpus_digest(corpus)}
+        else:
+            owner = {"reference_dtype": config.model.dtype, "numerics": numerics}
         return cached_text_scores(cache_root() / "text-scores", texts, {**settings, **owner}, compute)
 
     return DefenseContext(

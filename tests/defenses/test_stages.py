@@ -114,7 +114,7 @@ def test_a_reference_that_cannot_load_fails_before_any_training(tmp_path, monkey
 
 
 
-def test_a_named_references_text_scores_are_shared_across_seeds_and_models_the_bases_are_not(tmp_path,
+def test_a_named_references_text_scores_are_shared_across_seeds_and_models_a_tiny_base_is_not(tmp_path,
                                                                                              monkeypatch):
     monkeypatch.setenv("P2P_CACHE_DIR", str(tmp_path / "cache"))
     scored: list[str] = []
@@ -135,6 +135,19 @@ def test_a_named_references_text_scores_are_shared_across_seeds_and_models_the_b
         assert context(corpus=["d e"]).cached_text_scores(["c"], {"reference": reference}, score) == [1]
         # the named reference scored each text once; the run's base model is another model on each run
         assert scored == (["a b", "c"] if reference != "base" else ["a b", "c"] * 3 + ["c"])
+    # a pretrained run's base model is the named model: SmolLM2 runs on any seed share the tiny runs' SmolLM2 scores
+    scored.clear()
+    for seed in (0, 1):
+        assert context("model.preset=smollm2-135m", f"seed={seed}").cached_text_scores(
+            ["a b", "c", "new"], {"reference": "base"}, score) == [3, 1, 3]
+    assert scored == ["new"]
+    # in another dtype it is another model; a hub model is filed under its id, apart from SmolLM2
+    assert context("model.preset=smollm2-135m", "model.dtype=bfloat16").cached_text_scores(
+        ["c"], {"reference": "base"}, score) == [1]
+    assert context("model.preset=null", "model.name_or_path=org/model").cached_text_scores(
+        ["c"], {"reference": "base"}, score) == [1]
+    assert context().cached_text_scores(["c"], {"reference": "org/model"}, score) == [1]
+    assert scored == ["new", "c", "c"]
 
 
 def test_runs_of_a_grid_share_the_reference_scores_of_their_common_texts(tmp_path, monkeypatch):
