@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from defense_suite import suite_table  # benchmarks/: this file's folder
+from p2p_ablation import ablation_table
+
 from p2pdefense.bench_report import write_report
 from p2pdefense.io import write_text_atomic
 
@@ -229,8 +232,20 @@ STORES = {
                               "--defenses cube crow-200 --workers 2; --seeds 2 --attacks vpi --defenses strip-1% "
                               "strip-5% finetune-200 wanda --workers 1"),
 }
-# the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation)
-OWN_TABLES = ("ablation.md", "suite.md")
+# the scripts' own tables (poisoned rows in the subset, scorer AUROC; per-threat recommendation), rebuilt from
+# the store: a bench writes its table when it ends, so of two benches on one store the first to end misses the
+# other's later rows
+OWN_TABLES = {"ablation.md": ablation_table, "suite.md": suite_table}
+
+
+def own_tables(directory: Path) -> list[str]:
+    """The store's own tables (those a bench script wrote there), rebuilt from its rows and written back."""
+    tables = []
+    for name, build in OWN_TABLES.items():
+        if (directory / name).exists():
+            tables.append(build(directory))
+            write_text_atomic(directory / name, tables[-1])
+    return tables
 
 
 def main() -> None:
@@ -244,10 +259,8 @@ def main() -> None:
         table = table.replace("](", f"](results/{name}/")  # plots are linked from this file's folder
         parts.append(f"## {title}\n\n`{command}`; store `results/{name}/results.jsonl`, page "
                      f"`results/{name}/results.html`.\n\n{table}")
-        for own in OWN_TABLES:
-            if (directory / own).exists():  # one heading level down, under the store's section
-                text = (directory / own).read_text(encoding="utf-8")
-                parts.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()))
+        for text in own_tables(directory):  # one heading level down, under the store's section
+            parts.append("\n".join("#" + line if line.startswith("#") else line for line in text.splitlines()))
     write_text_atomic(ROOT / "RESULTS.md", "\n".join(parts))
     print(f"wrote {ROOT / 'RESULTS.md'}")
 

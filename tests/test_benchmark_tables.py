@@ -182,3 +182,21 @@ def test_the_ablation_writes_subset_files_only_for_the_cells_it_runs(tmp_path, m
     assert [cell.name for cell in spec.cells] == ["badnets | p2p given, 2 poisoned in S, seed=0"]
     assert sorted(path.name for path in (bench_dir / "subsets").iterdir()) == ["badnets-seed0-p2p-k2.json"]
     assert spec.cells[0].set["defense.subset_rows"] == "bench/subsets/badnets-seed0-p2p-k2.json"
+
+
+def test_results_md_rebuilds_each_stores_own_table_from_its_rows(tmp_path):
+    """Two benches on one store each write suite.md when they end: the first one's table lacks the other's rows."""
+    make_results = pytest.importorskip("make_results")
+    store = ResultsStore(tmp_path)
+    for seed in (0, 1):
+        store.append(row("badnets | p2p (clean)", seed, 0.80, 0.10))
+        store.append(row("badnets | p2p (undefended)", seed, 0.80, 1.00))
+    (tmp_path / "suite.md").write_text(defense_suite.suite_table(tmp_path))  # the first bench ends here
+    for seed in (0, 1):  # the second bench's rows
+        store.append(row("badnets | late", seed, 0.80, 0.12))
+    stale = (tmp_path / "suite.md").read_text()
+    assert "| late |" not in stale
+    tables = make_results.own_tables(tmp_path)
+    assert tables == [defense_suite.suite_table(tmp_path)] and "| late | 2 |" in tables[0]
+    assert (tmp_path / "suite.md").read_text() == tables[0]
+    assert not (tmp_path / "ablation.md").exists()  # only the tables a bench wrote there
