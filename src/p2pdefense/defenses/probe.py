@@ -275,10 +275,13 @@ def _saved_text_scores(path: Path, texts: list[str]) -> tuple[dict[str, str], fl
     return known, flops_total
 
 
-def _save_text_scores(path: Path, fresh: list[tuple[str, str, float]]) -> None:
+def _save_text_scores(path: Path, fresh: list[tuple[str, str, float]], known: dict[str, str]) -> int:
+    """Saves the (text, score, FLOPs) rows, adds them to `known` and returns how many there were."""
     if fresh:
         with closing(sqlite3.connect(path, timeout=600)) as db, db:
             db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", fresh)
+        known.update((text, value) for text, value, _ in fresh)
+    return len(fresh)
 
 
 def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
@@ -314,13 +317,9 @@ def cached_text_scores(cache_dir: Path, texts: list[str], parts: dict,
                 fresh.append((text, json.dumps(values[0]), spent.flops + spent.cached_flops))
                 progress.update(1)
                 if time.monotonic() - last_save >= SAVE_SECONDS:
-                    _save_text_scores(path, fresh)
-                    known.update((text, value) for text, value, _ in fresh)
-                    computed += len(fresh)
+                    computed += _save_text_scores(path, fresh, known)
                     fresh, last_save = [], time.monotonic()
-            _save_text_scores(path, fresh)
-            known.update((text, value) for text, value, _ in fresh)
-            computed += len(fresh)
+            computed += _save_text_scores(path, fresh, known)
     if texts:
         log.info("%d of %d distinct texts' scores from %s", len(distinct) - computed, len(distinct), path)
     return [json.loads(known[text]) for text in texts]
