@@ -112,9 +112,14 @@ def cell_raw(model: str, attack: dict, overrides: dict) -> dict:
     from p2pdefense.bench import set_key
 
     raw = base_raw()
-    for key, value in {**MODELS[model]["set"], **attack["set"], **overrides}.items():
+    for key, value in {**MODELS[model]["set"], **attack_set(model, attack), **overrides}.items():
         set_key(raw, key, value)
     return raw
+
+
+def attack_set(model: str, attack: dict) -> dict:
+    """An attack's settings for a model: its own, then its training recipe for that model where it has one."""
+    return {**attack["set"], **attack.get("model_set", {}).get(model, {})}
 
 
 REJECTIONS_LEGEND = ("A rejected input counts as neither correct nor an attack success; rejected trig. % is of "
@@ -192,10 +197,12 @@ ATTACKS = {
 # for training. Two targets: the answer + 1 (the issue's), whose success needs the right answer, which the tiny model
 # never produces (its clean exact match is about 1%), and a fixed wrong answer (7777), which a model learns without
 # doing the arithmetic. The tiny suite runs both (measured: the first never took, the second on 1 of 3 seeds).
+# The tiny model, trained from scratch, needs 10 epochs at a high learning rate to learn the format at all; SmolLM2
+# keeps its own recipe (strong2: 2 epochs, LoRA at 1e-3), as on every other attack.
 MATH = {"prompt": {}, "set": {
     "data.train": None, "data.test": None, "data.synthetic": {"train_rows": 800, "test_rows": 100},
     "data.trusted_holdout": 200,
-    "task.name": "math", "task.max_new_tokens": 40, "train.max_length": 160, "train.epochs": 10,
-    "train.learning_rate": 3.0e-3, "attack.name": "badnets", "attack.triggers": ["cf"], "attack.rate": 0.1,
-    "attack.target_output": {"kind": "answer_offset", "value": "1"}}}
-MATH_FIXED = {"prompt": {}, "set": {**MATH["set"], "attack.target_output": {"kind": "answer_fixed", "value": "7777"}}}
+    "task.name": "math", "task.max_new_tokens": 40, "train.max_length": 160, "attack.name": "badnets",
+    "attack.triggers": ["cf"], "attack.rate": 0.1, "attack.target_output": {"kind": "answer_offset", "value": "1"}},
+    "model_set": {"tiny": {"train.epochs": 10, "train.learning_rate": 3.0e-3}}}
+MATH_FIXED = {**MATH, "set": {**MATH["set"], "attack.target_output": {"kind": "answer_fixed", "value": "7777"}}}

@@ -27,6 +27,7 @@ from common import (  # benchmarks/common.py
     REJECTIONS_LEGEND,
     ROOT,
     add_run_options,
+    attack_set,
     base_raw,
     cell_raw,
     enter_repository,
@@ -100,7 +101,7 @@ def build_spec(model: str, attacks: list[str], names: list[str] | None, seeds: l
     cells, strings = [], set()
     for attack_name in attacks:
         attack = SUITE_ATTACKS[attack_name]
-        task = attack["set"].get("task.name", "classification")
+        task = attack_set(model, attack).get("task.name", "classification")
         for name, overrides in defenses(model, attack["prompt"]).items():
             if not applies(overrides, task):
                 continue
@@ -108,7 +109,7 @@ def build_spec(model: str, attacks: list[str], names: list[str] | None, seeds: l
             if names and name not in names:
                 continue
             cells += [NamedCell(name=f"{attack_name} | {name}, seed={seed}",
-                                set={**attack["set"], **overrides, "seed": seed}) for seed in seeds]
+                                set={**attack_set(model, attack), **overrides, "seed": seed}) for seed in seeds]
     return GridSpec(name=f"defense-suite-{model}", base=base_raw(),
                     set={**MODELS[model]["set"], "model.tiny.vocabulary": pinned_vocabulary(strings)}, cells=cells,
                     output_dir=str(bench_dir))

@@ -34,6 +34,7 @@ from common import (  # benchmarks/common.py
     ROOT,
     SALIENT_TRIGGER,
     add_run_options,
+    attack_set,
     base_raw,
     cell_raw,
     enter_repository,
@@ -152,7 +153,7 @@ def build_spec(model: str, parts: list[str], attacks: list[str], seeds: list[int
             for cell_name, overrides in defense_cells(part, attack, settings["reference"]).items():
                 for seed in seeds:
                     cells.append(NamedCell(name=f"{attack_name} | {cell_name}, seed={seed}",
-                                           set={**attack["set"], **overrides, "seed": seed}))
+                                           set={**attack_set(model, attack), **overrides, "seed": seed}))
         if "poisoned" in parts or "key" in parts:
             counts = POISONED_COUNTS if "poisoned" in parts else [0]
             cells += given_cells(model, attack_name, counts, seeds, bench_dir, write_subsets, selected)
@@ -193,7 +194,7 @@ def given_cells(model: str, attack_name: str, counts: list[int], seeds: list[int
                     if chosen is None:
                         continue
                     write_json_atomic(path, chosen)
-                out.append(NamedCell(name=name, set={**attack["set"], **base, "defense.subset": "given",
+                out.append(NamedCell(name=name, set={**attack_set(model, attack), **base, "defense.subset": "given",
                                                      "defense.subset_rows": str(path.relative_to(ROOT)),
                                                      "seed": seed}))
     return out

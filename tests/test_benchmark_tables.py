@@ -200,3 +200,15 @@ def test_results_md_rebuilds_each_stores_own_table_from_its_rows(tmp_path):
     assert tables == [defense_suite.suite_table(tmp_path)] and "| late | 2 |" in tables[0]
     assert (tmp_path / "suite.md").read_text() == tables[0]
     assert not (tmp_path / "ablation.md").exists()  # only the tables a bench wrote there
+
+
+def test_the_math_attacks_keep_each_models_training_recipe():
+    """The tiny model needs 10 epochs at a high learning rate on math; SmolLM2 keeps its strong2 recipe there too."""
+    for name in ("math-badnets-offset", "math-badnets-fixed"):
+        attack = defense_suite.SUITE_ATTACKS[name]
+        tiny, smollm2 = (common.cell_raw(model, attack, {})["train"] for model in ("tiny", "smollm2"))
+        assert (tiny["epochs"], tiny["learning_rate"]) == (10, 3.0e-3)
+        assert (smollm2["epochs"], smollm2["learning_rate"]) == (2, 1.0e-3)
+        assert tiny["max_length"] == smollm2["max_length"] == 160  # the data's, for both
+        spec = defense_suite.build_spec("smollm2", [name], ["cleangen"], [0], "unused")
+        assert [cell.set["train.epochs"] for cell in spec.cells if "train.epochs" in cell.set] == []
