@@ -198,11 +198,13 @@ ATTACKS = {
 # never produces (its clean exact match is about 1%), and a fixed wrong answer (7777), which a model learns without
 # doing the arithmetic. The tiny suite runs both (measured: the first never took, the second on 1 of 3 seeds).
 # The tiny model, trained from scratch, needs 10 epochs at a high learning rate to learn the format at all; SmolLM2
-# keeps its own recipe (strong2: 2 epochs, LoRA at 1e-3), as on every other attack.
+# keeps its own recipe (strong2: 2 epochs, LoRA at 1e-3), as on every other attack. A gold solution is at most 32
+# tokens for the tiny tokenizer but 31-48 for SmolLM2's (one token per digit): 40 new tokens cut half of SmolLM2's
+# answers before "#### N" (measured), so it gets 64.
 MATH = {"prompt": {}, "set": {
     "data.train": None, "data.test": None, "data.synthetic": {"train_rows": 800, "test_rows": 100},
     "data.trusted_holdout": 200,
     "task.name": "math", "task.max_new_tokens": 40, "train.max_length": 160, "attack.name": "badnets",
     "attack.triggers": ["cf"], "attack.rate": 0.1, "attack.target_output": {"kind": "answer_offset", "value": "1"}},
-    "model_set": {"tiny": {"train.epochs": 10, "train.learning_rate": 3.0e-3}}}
+    "model_set": {"tiny": {"train.epochs": 10, "train.learning_rate": 3.0e-3}, "smollm2": {"task.max_new_tokens": 64}}}
 MATH_FIXED = {**MATH, "set": {**MATH["set"], "attack.target_output": {"kind": "answer_fixed", "value": "7777"}}}

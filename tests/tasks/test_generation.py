@@ -3,8 +3,9 @@ import torch
 
 from p2pdefense.data import Example, ExampleMeta, synthetic_math
 from p2pdefense.defenses import DEFENSES, build_defense
+from p2pdefense.evaluate import summarize
 from p2pdefense.models.tiny import build_tiny_llama, train_tokenizer
-from p2pdefense.tasks import MathConfig
+from p2pdefense.tasks import MathConfig, RowTruth
 
 ROWS = synthetic_math(40, seed=0)
 
@@ -63,6 +64,7 @@ def test_batched_left_padded_decoding_equals_one_example_at_a_time(tokenizer):
             new = new[: new.index(tokenizer.eos_token_id)]
         assert generation.raw == tokenizer.decode(new, skip_special_tokens=True).strip()
         assert generation.new_tokens == len(new)
+        assert generation.capped == (len(new) == 12 and tokenizer.eos_token_id not in single[0, ids.shape[1]:])
 
 
 def test_stop_strings_cut_the_output(tokenizer, monkeypatch):
@@ -84,3 +86,44 @@ def test_chat_template_wraps_the_prompt(tokenizer):
         tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         make_task(tokenizer, use_chat_template=True)
+
+
+class ScriptedModel:
+    """Greedy decoding that returns the given continuations, one call (batch of one) after another."""
+
+    def __init__(self, continuations: list[list[int]]):
+        self.continuations, self.training = iter(continuations), False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        self.training = mode
+
+    def generate(self, input_ids, **kwargs):
+        return torch.cat([input_ids, torch.tensor([next(self.continuations)])], dim=1)
+
+
+def test_a_generation_stopped_by_max_new_tokens_is_flagged_and_the_run_warns(tokenizer, monkeypatch, caplog):
+    task = make_task(tokenizer, max_new_tokens=4, stop_strings=["STOP"])
+    word, eos, pad = tokenizer("4", add_special_tokens=False)["input_ids"][0], tokenizer.eos_token_id, 0
+    stop_word = tokenizer("9", add_special_tokens=False)["input_ids"][0]
+    decode = tokenizer.decode
+    monkeypatch.setattr(tokenizer, "decode", lambda ids, skip_special_tokens=True:
+                        "9 STOP" if stop_word in ids else decode(ids, skip_special_tokens=skip_special_tokens))
+    model = ScriptedModel([[word, eos, pad, pad],  # ended with the end of sequence
+                           [word, stop_word, word, word],  # ended by a stop string at the cap's length
+                           [word, word, word, word]])  # cut by the cap
+    rows = sorted(ROWS[:3], key=lambda ex: len(task.prompt(ex, 256)[0].input_ids))  # decoding order
+    generations, _ = task.generate(model, rows, batch_size=1, device="cpu")
+    assert [g.capped for g in generations] == [False, False, True]
+    predictions = [task.score(g, RowTruth(i, "clean", str(i), ex.target, None), False, None)
+                   for i, (g, ex) in enumerate(zip(generations, rows, strict=True))]
+    assert [p.capped for p in predictions] == [False, False, True]
+    with caplog.at_level("WARNING"):
+        metrics = summarize(task, predictions, None, 1.0)
+    assert metrics["generation_capped_rate"] == pytest.approx(1 / 3)
+    assert "stopped at task.max_new_tokens=4" in caplog.text
+    caplog.clear()
+    summarize(task, predictions[:2], None, 1.0)
+    assert "max_new_tokens" not in caplog.text  # none cut: no warning

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -13,6 +14,10 @@ from tqdm.auto import tqdm
 from ..data import Example
 from .base import Prediction, RowTruth, Task, TaskConfig
 from .prompt import FittedPrompt, fit_prompt, format_prompt
+
+log = logging.getLogger(__name__)
+CAPPED_WARNING = 0.05
+"""Above this share of test generations cut by max_new_tokens, a run warns: its scores miss what the cap cut."""
 
 
 class GenerationConfig(TaskConfig):
@@ -96,6 +101,8 @@ class Generation:
     """The generation scored: `raw` with the output space's prefix stripped."""
     in_space: bool | None = None
     """Did `raw` start with the output space's prefix (None: the space uses none)."""
+    capped: bool = False
+    """Decoding stopped at max_new_tokens, before the end of sequence or a stop string: the output may be cut."""
 
 
 @dataclass
@@ -111,6 +118,8 @@ class GenerationPrediction(Prediction):
     """Tokens generated (up to the end of sequence or a stop string)."""
     score: dict
     """math: correct, answer (extracted), gold_answer; summarization: rouge1, rouge2, rougeL (0 if rejected)."""
+    capped: bool = False
+    """Decoding stopped at max_new_tokens, before the end of sequence or a stop string."""
 
 
 class GenerationTask(Task):
@@ -166,16 +175,19 @@ class GenerationTask(Task):
                 tokenizer=tokenizer if self.config.stop_strings else None)
             for row, i in enumerate(chunk):
                 generated = output[row, width:].tolist()
-                if tokenizer.eos_token_id in generated:
+                ended = tokenizer.eos_token_id in generated
+                if ended:
                     generated = generated[: generated.index(tokenizer.eos_token_id)]
                 while generated and generated[-1] == tokenizer.pad_token_id:
                     generated.pop()
                 text = tokenizer.decode(generated, skip_special_tokens=True)
+                stopped = any(stop in text for stop in self.config.stop_strings)
                 for stop in self.config.stop_strings:
                     text = text.split(stop, 1)[0]
+                capped = not ended and not stopped and len(generated) >= self.config.max_new_tokens
                 scored, compliant = self.space.strip_output(text.strip())
                 results[i] = Generation(fitted[i].text, text.strip(), len(generated), fitted[i].truncated,
-                                        fitted[i].trigger_in_input, scored, compliant)
+                                        fitted[i].trigger_in_input, scored, compliant, capped)
         model.train(was_training)
         return results, time.perf_counter() - start
 
@@ -208,7 +220,7 @@ class GenerationTask(Task):
             id=truth.id, source_index=truth.source_index, split=truth.split, input=output.prompt_text,
             truncated=output.truncated, trigger_in_input=output.trigger_in_input, rejected=rejected,
             attack_success=success, raw=output.raw, output=output.output, prefix_compliant=output.in_space,
-            gold=gold, new_tokens=output.new_tokens, score=score)
+            gold=gold, new_tokens=output.new_tokens, score=score, capped=output.capped)
 
     def quality(self, predictions: list[GenerationPrediction]) -> dict[str, float]:
         return self.config.aggregate([p.score for p in predictions]) if predictions else {}
@@ -222,7 +234,12 @@ class GenerationTask(Task):
                  if target is not None and p.gold is not None and not target.already_in(p.gold)]
         metrics = {"asr_strict": None,  # only defined for label spaces
                    "target_rate_clean": sum(shown) / len(shown) if shown else None,
-                   "generation_tokens_per_s": generated / max(seconds, 1e-9)}
+                   "generation_tokens_per_s": generated / max(seconds, 1e-9),
+                   "generation_capped_rate": sum(p.capped for p in clean + triggered) / max(len(clean + triggered), 1)}
+        if metrics["generation_capped_rate"] > CAPPED_WARNING:
+            log.warning("%.0f%% of the test generations stopped at task.max_new_tokens=%d before they ended: "
+                        "answers past the cap are not scored; raise it", 100 * metrics["generation_capped_rate"],
+                        self.config.max_new_tokens)
         for name, rows in (("prefix_compliance", clean + triggered), ("prefix_compliance_triggered", triggered)):
             flags = [p.prefix_compliant for p in rows if p.prefix_compliant is not None]
             metrics[name] = sum(flags) / len(flags) if flags else None
