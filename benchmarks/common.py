@@ -200,11 +200,13 @@ ATTACKS = {
 # The tiny model, trained from scratch, needs 10 epochs at a high learning rate to learn the format at all; SmolLM2
 # keeps its own recipe (strong2: 2 epochs, LoRA at 1e-3), as on every other attack. A gold solution is at most 32
 # tokens for the tiny tokenizer but 31-48 for SmolLM2's (one token per digit): 40 new tokens cut half of SmolLM2's
-# answers before "#### N" (measured), so it gets 64.
+# answers before "#### N" (measured), so it gets 64. SmolLM2 also keeps strong2's 20% poison: at the tiny suite's
+# 10% (57 rows) with 2 epochs the fixed answer did not take (ASR 0%, seed 0).
 MATH = {"prompt": {}, "set": {
     "data.train": None, "data.test": None, "data.synthetic": {"train_rows": 800, "test_rows": 100},
     "data.trusted_holdout": 200,
     "task.name": "math", "task.max_new_tokens": 40, "train.max_length": 160, "attack.name": "badnets",
-    "attack.triggers": ["cf"], "attack.rate": 0.1, "attack.target_output": {"kind": "answer_offset", "value": "1"}},
-    "model_set": {"tiny": {"train.epochs": 10, "train.learning_rate": 3.0e-3}, "smollm2": {"task.max_new_tokens": 64}}}
+    "attack.triggers": ["cf"], "attack.target_output": {"kind": "answer_offset", "value": "1"}},
+    "model_set": {"tiny": {"train.epochs": 10, "train.learning_rate": 3.0e-3, "attack.rate": 0.1},
+                  "smollm2": {"task.max_new_tokens": 64}}}
 MATH_FIXED = {**MATH, "set": {**MATH["set"], "attack.target_output": {"kind": "answer_fixed", "value": "7777"}}}

@@ -203,12 +203,14 @@ def test_results_md_rebuilds_each_stores_own_table_from_its_rows(tmp_path):
 
 
 def test_the_math_attacks_keep_each_models_training_recipe():
-    """The tiny model needs 10 epochs at a high learning rate on math; SmolLM2 keeps its strong2 recipe there too."""
+    """The tiny model needs 10 epochs at a high learning rate on math; SmolLM2 keeps strong2 (and more new tokens)."""
     for name in ("math-badnets-offset", "math-badnets-fixed"):
         attack = defense_suite.SUITE_ATTACKS[name]
-        tiny, smollm2 = (common.cell_raw(model, attack, {})["train"] for model in ("tiny", "smollm2"))
-        assert (tiny["epochs"], tiny["learning_rate"]) == (10, 3.0e-3)
-        assert (smollm2["epochs"], smollm2["learning_rate"]) == (2, 1.0e-3)
-        assert tiny["max_length"] == smollm2["max_length"] == 160  # the data's, for both
+        tiny, smollm2 = (common.cell_raw(model, attack, {}) for model in ("tiny", "smollm2"))
+        assert (tiny["train"]["epochs"], tiny["train"]["learning_rate"], tiny["attack"]["rate"]) == (10, 3.0e-3, 0.1)
+        assert (smollm2["train"]["epochs"], smollm2["train"]["learning_rate"], smollm2["attack"]["rate"]) == (
+            2, 1.0e-3, 0.2)
+        assert tiny["train"]["max_length"] == smollm2["train"]["max_length"] == 160  # the data's, for both
+        assert (tiny["task"]["max_new_tokens"], smollm2["task"]["max_new_tokens"]) == (40, 64)
         spec = defense_suite.build_spec("smollm2", [name], ["cleangen"], [0], "unused")
         assert [cell.set["train.epochs"] for cell in spec.cells if "train.epochs" in cell.set] == []
