@@ -118,7 +118,7 @@ def cell_raw(model: str, attack: dict, overrides: dict) -> dict:
 
 
 def attack_set(model: str, attack: dict) -> dict:
-    """An attack's settings for a model: its own, then its training recipe for that model where it has one."""
+    """An attack's settings for a model: its own, then those it sets for that model (`model_set`), if any."""
     return {**attack["set"], **attack.get("model_set", {}).get(model, {})}
 
 

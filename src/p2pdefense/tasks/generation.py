@@ -238,7 +238,8 @@ class GenerationTask(Task):
                    "generation_capped_rate": sum(p.capped for p in clean + triggered) / max(len(clean + triggered), 1)}
         if metrics["generation_capped_rate"] > CAPPED_WARNING:
             log.warning("%.0f%% of the test generations stopped at task.max_new_tokens=%d before they ended: "
-                        "answers past the cap are not scored; raise it", 100 * metrics["generation_capped_rate"],
+                        "answers past the cap are not scored (raise it if the gold outputs are longer; a model that "
+                        "repeats itself also reaches it)", 100 * metrics["generation_capped_rate"],
                         self.config.max_new_tokens)
         for name, rows in (("prefix_compliance", clean + triggered), ("prefix_compliance_triggered", triggered)):
             flags = [p.prefix_compliant for p in rows if p.prefix_compliant is not None]
