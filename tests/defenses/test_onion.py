@@ -64,8 +64,9 @@ def scored(monkeypatch) -> list[str]:
     return texts_scored
 
 
-@pytest.mark.parametrize("packed_tokens", [1024, 12])  # all deletions in one pass; a pass for each few
-def test_deletion_perplexities_equal_one_plain_pass_per_deletion(fluent_reference, monkeypatch, packed_tokens):
+# all deletions in one pass; a pass for each few; those passes stacked three to a padded forward (as on a GPU)
+@pytest.mark.parametrize(("packed_tokens", "stack"), [(1024, None), (12, None), (12, 3)])
+def test_deletion_perplexities_equal_one_plain_pass_per_deletion(fluent_reference, monkeypatch, packed_tokens, stack):
     import copy
     import math
 
@@ -86,9 +87,17 @@ def test_deletion_perplexities_equal_one_plain_pass_per_deletion(fluent_referenc
         words = text.split()
         expected = [plain(text)] + ([plain(" ".join(words[:i] + words[i + 1:])) for i in range(len(words))]
                                     if len(words) > 1 else [])
-        got = deletion_perplexities(model, tokenizer, text, "cpu")
+        got = deletion_perplexities(model, tokenizer, text, "cpu", stack=stack)
         assert len(got) == len(expected)
         assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_passes_are_stacked_on_an_accelerator_only():
+    from p2pdefense.defenses.onion import STACKED_TOKENS, passes_per_forward
+
+    assert passes_per_forward("cpu", 1024) == 1
+    assert passes_per_forward("cuda:0", 1024) == STACKED_TOKENS // 1024 > 1
+    assert passes_per_forward("cuda", 4 * STACKED_TOKENS) == 1  # a text longer than the stack: one pass a forward
 
 
 DEV = [Example(text=t, label=0, meta=ExampleMeta(source_index=i))

@@ -44,10 +44,45 @@ def _ids(tokenizer, text: str) -> list[int]:
 PACKED_TOKENS = 1024
 """Tokens per reference pass (at least four copies of the text): one pass carries the text and as many of its
 deletions as fit."""
+STACKED_TOKENS = 16384
+"""Tokens per reference forward on an accelerator, where a text's passes are stacked into one batch: one 1024-token
+pass of SmolLM2 is bound by kernel launches there (an H200 scored about 1.2 IMDB reviews a second one pass at a
+time, 2 TFLOP/s). On a CPU a forward is one pass: it is bound by arithmetic, and stacking would only add padding."""
+
+
+def passes_per_forward(device, pass_tokens: int) -> int:
+    """How many of a text's packed passes one reference forward carries on `device`."""
+    return 1 if torch.device(device).type == "cpu" else max(STACKED_TOKENS // pass_tokens, 1)
+
+
+def _pass_inputs(full: list[int], tails: list[tuple[int, list[int]]], members: list[int], width: int) -> dict:
+    """One pass, padded to `width`: the text, then the tails of `members`, as ids, positions, next-token targets,
+    each token's owner (-1: the text, k: deletion k, -2: padding) and the first text position it may not see."""
+    ids, positions, targets, owner = list(full), list(range(len(full))), full[1:] + [-100], [-1] * len(full)
+    for k in members:
+        c, tail = tails[k]
+        ids += tail
+        positions += range(c, c + len(tail))
+        targets += tail[1:] + [-100]
+        owner += [k] * len(tail)
+    padding = width - len(ids)
+    return {"ids": ids + [full[0]] * padding, "positions": positions + [0] * padding,
+            "targets": targets + [-100] * padding, "owner": owner + [-2] * padding,
+            "start_of": [tails[k][0] if k >= 0 else width for k in owner] + [width] * padding}
+
+
+def _allowed(owner: torch.Tensor, positions: torch.Tensor, start_of: torch.Tensor) -> torch.Tensor:
+    """[batch, width, width]: which positions each position sees. A text token sees the earlier text tokens; a tail
+    token its own earlier tokens and the text's tokens before its start; padding (after every real token) earlier
+    padding, so that no row is empty."""
+    index = torch.arange(owner.shape[1], device=owner.device)
+    return (index[None, None, :] <= index[None, :, None]) & (
+        (owner[:, None, :] == owner[:, :, None])
+        | ((owner[:, None, :] == -1) & (positions[:, None, :] < start_of[:, :, None])))
 
 
 @torch.no_grad()
-def deletion_perplexities(model, tokenizer, text: str, device) -> list[float]:
+def deletion_perplexities(model, tokenizer, text: str, device, stack: int | None = None) -> list[float]:
     """[p0, p_1, ..., p_n]: the perplexity (exp of the mean next-token loss; the first token has no prediction) of
     `text` and of `text` without each of its n words in turn (p0 alone for a one-word text).
 
@@ -55,7 +90,8 @@ def deletion_perplexities(model, tokenizer, text: str, device) -> list[float]:
     each pass packs the text and a run of deletion tails into one sequence, and a 4D mask lets each tail see the
     text's tokens before its word (the last of them recomputed in the tail: its output predicts the tail's first
     token) and its own earlier tokens, at the positions it has in the deletion. The same numbers as one pass per
-    deletion, in about half the tokens and few passes; a text's numbers never depend on the other texts scored."""
+    deletion, in about half the tokens and few passes; a text's numbers never depend on the other texts scored.
+    `stack` passes go through the reference in one padded batch (default: `passes_per_forward` on `device`)."""
     from ..stealth import token_nll
 
     if model.config._attn_implementation not in ("sdpa", "eager"):
@@ -79,43 +115,34 @@ def deletion_perplexities(model, tokenizer, text: str, device) -> list[float]:
         current.append(k)
         size += len(tail)
     passes.append(current)
+    stack = stack or passes_per_forward(device, budget)
 
     was_training = model.training
     model.eval()
     head = model.get_output_embeddings()
     dtype = next(model.parameters()).dtype
     perplexities = [0.0] * (len(tails) + 1)
-    for members in passes:
-        ids, positions, targets, owner = list(full), list(range(len(full))), full[1:] + [-100], [-1] * len(full)
-        for k in members:
-            c, tail = tails[k]
-            ids += tail
-            positions += range(c, c + len(tail))
-            targets += tail[1:] + [-100]
-            owner += [k] * len(tail)
-        n = len(ids)
-        owner_t, position_t = torch.tensor(owner), torch.tensor(positions)
-        start_of = torch.tensor([tails[k][0] if k >= 0 else n for k in owner])
-        index = torch.arange(n)
-        # a text token sees the earlier text tokens; a tail token its own earlier tokens and the text's tokens
-        # before its start
-        allowed = (index[None, :] <= index[:, None]) & ((owner_t[None, :] == owner_t[:, None])
-                                                         | ((owner_t[None, :] == -1)
-                                                            & (position_t[None, :] < start_of[:, None])))
-        mask = torch.zeros((1, 1, n, n), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-        hidden = model(input_ids=torch.tensor([ids], device=device), attention_mask=mask.to(device),
-                       position_ids=position_t[None].to(device), logits_to_keep=1, output_hidden_states=True,
-                       use_cache=False).hidden_states[-1]
-        nll = token_nll(head, hidden, torch.tensor([targets], device=device))[0].cpu()
-        if members is passes[0]:
-            perplexities[0] = _perplexity(nll[:len(full)].sum().item(), len(full))
-        prefix = torch.cat([torch.zeros(1), nll[:len(full)].cumsum(0)])  # prefix[t]: the loss of tokens 1..t
-        start = len(full)
-        for k in members:
-            c, tail = tails[k]
-            perplexities[k + 1] = _perplexity(prefix[c].item() + nll[start:start + len(tail)].sum().item(),
-                                              c + len(tail))
-            start += len(tail)
+    for first in range(0, len(passes), stack):
+        batch = passes[first:first + stack]
+        width = max(len(full) + sum(len(tails[k][1]) for k in members) for members in batch)
+        inputs = [_pass_inputs(full, tails, members, width) for members in batch]
+        as_tensor = {key: torch.tensor([row[key] for row in inputs], device=device) for key in inputs[0]}
+        allowed = _allowed(as_tensor["owner"], as_tensor["positions"], as_tensor["start_of"])
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        hidden = model(input_ids=as_tensor["ids"], attention_mask=mask[:, None],
+                       position_ids=as_tensor["positions"], logits_to_keep=1,
+                       output_hidden_states=True, use_cache=False).hidden_states[-1]
+        nll_batch = token_nll(head, hidden, as_tensor["targets"]).cpu()
+        for members, nll in zip(batch, nll_batch, strict=True):
+            if members is passes[0]:
+                perplexities[0] = _perplexity(nll[:len(full)].sum().item(), len(full))
+            prefix = torch.cat([torch.zeros(1), nll[:len(full)].cumsum(0)])  # prefix[t]: the loss of tokens 1..t
+            start = len(full)
+            for k in members:
+                c, tail = tails[k]
+                perplexities[k + 1] = _perplexity(prefix[c].item() + nll[start:start + len(tail)].sum().item(),
+                                                  c + len(tail))
+                start += len(tail)
     model.train(was_training)
     return perplexities
 
