@@ -45,9 +45,9 @@ PACKED_TOKENS = 1024
 """Tokens per reference pass (at least four copies of the text): one pass carries the text and as many of its
 deletions as fit."""
 STACKED_TOKENS = 16384
-"""Tokens per reference forward on an accelerator, where a text's passes are stacked into one batch: one 1024-token
-pass of SmolLM2 is bound by kernel launches there (an H200 scored about 1.2 IMDB reviews a second one pass at a
-time, 2 TFLOP/s). On a CPU a forward is one pass: it is bound by arithmetic, and stacking would only add padding."""
+"""Tokens per reference forward on an accelerator, where a text's passes are stacked into one batch: a 1024-token
+pass of SmolLM2 is too small to fill a GPU (an H200 scored 1.2-1.7 IMDB reviews a second one pass at a time, about
+2 TFLOP/s). On a CPU a forward is one pass: it is bound by arithmetic, and stacking would only add padding."""
 
 
 def passes_per_forward(device, pass_tokens: int) -> int:
