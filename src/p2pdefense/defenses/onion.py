@@ -47,7 +47,7 @@ deletions as fit."""
 STACKED_TOKENS = 16384
 """Tokens per reference forward on an accelerator, where a text's passes are stacked into one batch: a 1024-token
 pass of SmolLM2 is too small to fill a GPU (an H200 scored 1.2-1.7 IMDB reviews a second one pass at a time, about
-2 TFLOP/s). On a CPU a forward is one pass: it is bound by arithmetic, and stacking would only add padding."""
+2-3 TFLOP/s). On a CPU a forward is one pass: it is bound by arithmetic, and stacking would only add padding."""
 
 
 def passes_per_forward(device, pass_tokens: int) -> int:
