@@ -93,11 +93,15 @@ def run_bench(cells, bench_dir: Path, workers: int, dry_run: bool, table_name: s
     if reuse:
         print(f"{reuse_runs(cells, [Path(d) for d in reuse], bench_dir)} finished runs copied from "
               f"{', '.join(map(str, reuse))}")
-    failed = run_cells(cells, bench_dir, workers)
+    outcome = run_cells(cells, bench_dir, workers)
     write_report([bench_dir])
     write_text_atomic(bench_dir / table_name, table(bench_dir))
-    print(f"{bench_dir / table_name}; {len(failed)} cells failed" + (f": {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    print(f"{bench_dir / table_name}; {len(outcome.failed)} cells failed"
+          + (f": {', '.join(outcome.failed)}" if outcome.failed else ""))
+    if outcome.elsewhere:
+        print(f"{len(outcome.elsewhere)} cells left to another process that is running them: "
+              f"{', '.join(outcome.elsewhere)}")
+    return 1 if outcome.failed else 0
 
 
 def base_raw() -> dict:

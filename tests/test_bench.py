@@ -310,6 +310,31 @@ def test_workers_run_cells_in_parallel_processes(tmp_path):
     assert "train" not in strip["metrics"]["stage_seconds"]
 
 
+def test_a_cell_another_process_is_running_is_left_to_it_and_stored_by_a_later_call(tmp_path):
+    """A second bench on the same grid (or a `p2p run` beside one) must not train the same run again: the cell
+    whose run lock another process holds is skipped, by one process or by workers, and not counted as failed."""
+    from p2pdefense.io import exclusive_lock
+    from p2pdefense.pipeline import run_lock_path
+
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"name": "l", "base": BASE, "axes": {"seed": [5]},
+                                         "output_dir": str(tmp_path / "bench")}), encoding="utf-8")
+    cells = expand(grid(axes={"seed": [5]}), tmp_path, tmp_path / "bench")
+    busy = next(c for c in cells if c.label == "seed=5")
+    runs, store = tmp_path / "bench" / "runs", ResultsStore(tmp_path / "bench")
+    with exclusive_lock(run_lock_path(runs / busy.hash)):
+        for workers in ("1", "2"):
+            result = runner.invoke(app, ["bench", str(grid_path), "--workers", workers], env={"COLUMNS": "200"})
+            assert result.exit_code == 0, result.output
+            assert "2 of 3 cells finished" in result.output and f"left to another process that is running them: " \
+                f"{busy.hash}" in result.output
+            assert {r["hash"] for r in store.rows()} == {c.hash for c in cells} - {busy.hash}
+            assert not (runs / busy.hash).exists() and not (runs / f".{busy.hash}.checkpoints").exists()
+    done = runner.invoke(app, ["bench", str(grid_path)])
+    assert done.exit_code == 0 and "3 of 3 cells finished" in done.output and "another process" not in done.output
+    assert {r["hash"] for r in store.rows()} == {c.hash for c in cells}
+
+
 def test_an_undefended_run_kept_only_as_a_row_runs_again_for_the_cells_that_take_its_model(tmp_path):
     """A fresh clone has the undefended run's row but not its trained model: the bench runs it again for the cells
     that take its model, keeps that model only where the run reproduces the row, else the cells train their own."""

@@ -152,6 +152,20 @@ def test_a_failed_write_keeps_the_staging_directory_and_resume_finishes_without_
     assert not list(tmp_path.glob(".full-disk.incomplete-*"))
 
 
+def test_a_run_another_process_is_running_is_refused_before_any_work(tmp_path):
+    from p2pdefense.io import exclusive_lock
+
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(CONFIG, encoding="utf-8")
+    command = ["run", str(config_path), "--set", f"output_dir={tmp_path}", "--set", "name=busy"]
+    with exclusive_lock(pipeline.run_lock_path(tmp_path / "busy")):  # as the other process's run holds it
+        refused = runner.invoke(app, [*command, "--resume"])
+        assert refused.exit_code == 2 and "being run by another process" in refused.output, refused.output
+        assert [p.name for p in tmp_path.iterdir()] == ["c.yaml", ".busy.lock"]  # nothing of its own written
+        assert pipeline.run_in_progress(tmp_path / "busy")
+    assert not pipeline.run_in_progress(tmp_path / "busy")
+
+
 def test_stale_staging_of_dead_processes_is_removed_and_overwrite_replaces_the_old_run(tmp_path):
     config = load_config(None, [f"output_dir={tmp_path}", "name=r", "data.synthetic.train_rows=60",
                                 "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300"])
@@ -240,6 +254,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_ru
     killed.wait()
     assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (tmp_path / "a" / "killed").exists()
+    assert (tmp_path / "a" / ".killed.lock").exists()  # left by the killed run: it must not block the resume
 
     refused = runner.invoke(app, ["run", str(config_path), "--set", f"output_dir={tmp_path / 'a'}",
                                   "--set", "name=killed"])

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from .compute import device_kind
 from .config import ConfigError, RunConfig, apply_overrides, flatten, parse_override, to_yaml, validate_config
 from .pipeline import (
+    RunInProgress,
     finished_metrics,
     no_defense,
     reference_configs,
+    run_in_progress,
     takeable_source,
     trains_as_undefended,
     vocabulary_strings,
@@ -331,8 +334,16 @@ def check_regained(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
     return False
 
 
-def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str | None = None) -> list[str]:
-    """Run every unfinished cell (continuing from checkpoints); returns the hashes that failed."""
+@dataclass
+class BenchOutcome:
+    """What a bench call did not finish: the cells that failed, and those another process was running (a second
+    bench on the same grid, a `p2p run`), left to it. Two benches on one grid share its cells this way."""
+    failed: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
+
+
+def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str | None = None) -> BenchOutcome:
+    """Run every unfinished cell (continuing from checkpoints), skipping those another process is running."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -351,7 +362,7 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
         if c not in todo and (bench_dir / "runs" / c.hash).exists():
             store.ensure(bench_dir / "runs" / c.hash)
     todo, regained = regain + todo, {c.hash for c in regain}
-    failed: list[str] = []
+    outcome = BenchOutcome()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
     with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
@@ -365,37 +376,48 @@ def run_cells(cells: list[Cell], bench_dir: Path, workers: int = 1, shard: str |
                 left = "" if not done else f", about {elapsed / done * (len(todo) - done) / 60:.0f} min left"
                 log.info("cell %d of %d to run: %s [%s] (%.0f min elapsed%s)", done + 1, len(todo), cell.label,
                          cell.hash, elapsed / 60, left)
-                if not _run_in_process(cell, bench_dir, store):
-                    failed.append(cell.hash)
+                status = _run_in_process(cell, bench_dir, store)
+                if status != "done":
+                    getattr(outcome, status).append(cell.hash)
                 elif cell.hash in regained:
                     check_regained(cell, bench_dir, store)
                 progress.advance(bar)
         else:
-            failed = _run_in_workers(todo, bench_dir, store, workers, progress, bar, regained)
-    return failed
+            _run_in_workers(todo, bench_dir, store, workers, progress, bar, regained, outcome)
+    return outcome
 
 
-def _run_in_process(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
+def _left_elsewhere(cell: Cell, reason: str) -> None:
+    log.warning("%s [%s] is running in another process (%s): left to it; its row is stored when it finishes "
+                "there (by that bench) or by the next bench call here", cell.label, cell.hash, reason)
+
+
+def _run_in_process(cell: Cell, bench_dir: Path, store: ResultsStore) -> str:
+    """Run one cell here: "done", "failed" or "elsewhere" (another process holds its run)."""
     from .pipeline import run
 
     try:
         run_dir, _ = run(cell.config, run_dir=bench_dir / "runs" / cell.hash, resume=True,
                          trained_from=trained_source(cell, bench_dir))
+    except RunInProgress as err:
+        _left_elsewhere(cell, str(err))
+        return "elsewhere"
     except Exception as err:  # one failed cell must not stop the grid; it is reported and can be rerun
         log.error("cell %s [%s] failed: %s", cell.label, cell.hash, err)
-        return False
+        return "failed"
     store.ensure(run_dir)
-    return True
+    return "done"
 
 
 def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, workers: int, progress,
-                    bar, regained: set[str]) -> list[str]:
+                    bar, regained: set[str], outcome: BenchOutcome) -> None:
     """N cells at once, each a `p2p run` process; with GPUs, worker i sees device i % (number of GPUs). A cell that
-    can take the trained model of an undefended run still to finish waits for it (other cells go first)."""
+    can take the trained model of an undefended run still to finish waits for it (other cells go first). A cell
+    that another process is running when its turn comes is left to it."""
     import torch
 
     gpus = torch.cuda.device_count()
-    pending, running, failed = list(cells), {}, []
+    pending, running = list(cells), {}
     waits_for = {c.hash: twin for c in cells if (twin := undefended_twin(c)) is not None}
     configs, logs = bench_dir / "configs", bench_dir / "logs"
     configs.mkdir(parents=True, exist_ok=True)
@@ -407,6 +429,11 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
             if cell is None:
                 break
             pending.remove(cell)
+            if run_in_progress(bench_dir / "runs" / cell.hash):
+                _left_elsewhere(cell, "it holds the run's lock")
+                outcome.elsewhere.append(cell.hash)
+                progress.advance(bar)
+                continue
             slot = next(i for i in range(workers) if i not in {s for s, _ in running.values()})
             path = configs / f"{cell.hash}.yaml"
             path.write_text(to_yaml(cell.config), encoding="utf-8")
@@ -433,6 +460,5 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
             else:
                 tail = (logs / f"{digest}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
                 log.error("cell [%s] failed (log: %s):\n%s", digest, logs / f"{digest}.log", tail)
-                failed.append(digest)
+                outcome.failed.append(digest)
             progress.advance(bar)
-    return failed

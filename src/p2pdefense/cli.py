@@ -226,10 +226,15 @@ def bench(
         console.print(f"estimated time for the remaining cells: {total / 60:.0f} min (from past runs of the same "
                       "model in this store; cells without one are not counted)")
         return
-    failed = run_cells(cells, bench_dir, workers, shard)
-    console.print(f"{len(cells) - len(failed)} of {len(cells)} cells finished; store: {store.path}")
-    if failed:
-        _fail(f"{len(failed)} cells failed: {', '.join(failed)} (see the log; rerun the same command)")
+    outcome = run_cells(cells, bench_dir, workers, shard)
+    unfinished = len(outcome.failed) + len(outcome.elsewhere)
+    console.print(f"{len(cells) - unfinished} of {len(cells)} cells finished; store: {store.path}")
+    if outcome.elsewhere:
+        console.print(f"{len(outcome.elsewhere)} cells left to another process that is running them: "
+                      f"{', '.join(outcome.elsewhere)} (rerun the same command once it ends to store them here)")
+    if outcome.failed:
+        _fail(f"{len(outcome.failed)} cells failed: {', '.join(outcome.failed)} (see the log; rerun the same "
+              "command)")
 
 
 @app.command()

@@ -50,6 +50,48 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+class AlreadyLocked(BlockingIOError):
+    """Another process holds the lock."""
+
+
+@contextmanager
+def exclusive_lock(path: Path):
+    """Hold an OS lock (flock) on `path` for the block, or raise AlreadyLocked at once where another process holds
+    it. The kernel drops a lock when its holder ends, however it ends, so a killed process leaves none behind; the
+    file (holding the holder's pid, for the message) is removed on release. Where flock is missing (Windows), no
+    lock is taken."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyLocked(f"{path} is held by process {holder}") from None
+        try:  # a holder that released it may have removed the file we opened: only the file at `path` counts
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while held: a process that opened it before finds it gone, opens anew
+        os.close(fd)
+
+
 class RunWriteError(OSError):
     """Writing a run failed (disk full, permission); what was written is kept in a staging directory."""
 

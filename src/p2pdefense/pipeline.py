@@ -12,6 +12,7 @@ import logging
 import random
 import shutil
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,7 +36,14 @@ from .defenses.probe import (
     train_probe_model,
 )
 from .evaluate import auroc, compare, evaluate, summarize
-from .io import staged_directory, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .io import (
+    AlreadyLocked,
+    exclusive_lock,
+    staged_directory,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from .models import ModelConfig, load_base_model, load_trained, save_trained, training_precision
 from .models.smollm2 import cache_root
 from .provenance import provenance
@@ -418,11 +426,47 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     fine-tuning, CROW, Wanda, CleanGen). Its training time and compute are counted as this run's."""
     started = time.perf_counter()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
-    if resume and not overwrite and (done := finished_metrics(final_dir, config)) is not None:
-        log.info("%s is finished with this configuration; nothing to do", final_dir)
-        return final_dir, done
-    with counting_compute() as compute:
-        return _run(config, overwrite, final_dir, resume, started, compute, trained_from)
+    with run_lock(final_dir):
+        if resume and not overwrite and (done := finished_metrics(final_dir, config)) is not None:
+            log.info("%s is finished with this configuration; nothing to do", final_dir)
+            return final_dir, done
+        with counting_compute() as compute:
+            return _run(config, overwrite, final_dir, resume, started, compute, trained_from)
+
+
+class RunInProgress(RunExists):
+    """Another process is running into the same run directory."""
+
+
+def run_lock_path(run_dir: Path) -> Path:
+    return run_dir.with_name(f".{run_dir.name}.lock")
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Held by the process running into `run_dir` (under `accelerate launch`, by the main process for all): a
+    second process on the same run (a bench started twice, a `p2p run` beside a bench) fails at once with
+    RunInProgress instead of training the same run beside it and failing at its last write."""
+    if not PartialState().is_main_process:
+        yield
+        return
+    lock = ExitStack()
+    try:
+        lock.enter_context(exclusive_lock(run_lock_path(run_dir)))
+    except AlreadyLocked as err:
+        raise RunInProgress(f"{run_dir} is being run by another process ({err}); wait for it, or stop it and pass "
+                            "--resume to continue from its checkpoints") from None
+    with lock:
+        yield
+
+
+def run_in_progress(run_dir: Path) -> bool:
+    """Whether another process holds `run_dir`'s run lock now."""
+    try:
+        with exclusive_lock(run_lock_path(run_dir)):
+            return False
+    except AlreadyLocked:
+        return True
 
 
 def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, started: float,
