@@ -12,6 +12,11 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs take no lock
+    fcntl = None
+
 log = logging.getLogger(__name__)
 
 
@@ -60,10 +65,6 @@ def exclusive_lock(path: Path):
     it. The kernel drops a lock when its holder ends, however it ends, so a killed process leaves none behind; the
     file (holding the holder's pid, for the message) is removed on release. Where flock is missing (Windows), no
     lock is taken."""
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
     if fcntl is None:
         yield
         return
