@@ -1,5 +1,6 @@
 """Run the training loop in 2 CPU processes (accelerate's debug_launcher) and in 1 process with the same global
-batch; write each run's learning-rate curve and final weights for tests/test_train.py to compare.
+batch; write each run's learning-rate curve and final weights for tests/test_train.py to compare, and what each
+process was told when building a probe whose lock is free, and one whose lock another job holds.
 
     python tests/distributed_train.py OUT_DIR
 """
@@ -12,7 +13,9 @@ import torch
 from accelerate import Accelerator, debug_launcher
 from accelerate.utils import DataLoaderConfiguration
 
+from p2pdefense.defenses.probe import building
 from p2pdefense.evaluate import across_processes
+from p2pdefense.io import exclusive_lock
 from p2pdefense.models.tiny import build_tiny_llama
 from p2pdefense.train import TrainConfig, train
 
@@ -37,9 +40,13 @@ def run(out: str, processes: int) -> None:
     # evaluation is split across processes and gathered: every rank gets every result, in order
     seen = []
     gathered = across_processes(7, lambda share: seen.extend(share) or [i * i for i in share])
+    told = {}
+    for name in ("free", "held"):
+        with building(Path(out) / f"{name}.pt") as checkpoints:
+            told[name] = None if checkpoints is None else checkpoints.name
     (Path(out) / f"gather-{processes}-rank{accelerator.process_index}.json").parent.mkdir(parents=True, exist_ok=True)
     (Path(out) / f"gather-{processes}-rank{accelerator.process_index}.json").write_text(
-        json.dumps({"results": gathered, "computed": seen}))
+        json.dumps({"results": gathered, "computed": seen, "building": told}))
     if accelerator.is_main_process:
         directory = Path(out) / f"processes-{processes}"
         directory.mkdir(parents=True, exist_ok=True)
@@ -52,5 +59,6 @@ def run(out: str, processes: int) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    debug_launcher(run, args=(sys.argv[1], 2), num_processes=2)
+    with exclusive_lock(Path(sys.argv[1]) / ".held.pt.lock"):  # another job building the "held" probe
+        debug_launcher(run, args=(sys.argv[1], 2), num_processes=2)
     run(sys.argv[1], 1)

@@ -292,7 +292,7 @@ def test_probe_statistics_are_not_shared_between_numerics(tmp_path, monkeypatch)
     splits = pipeline.Splits(rows, rows, rows, [], [])
     trained = []
 
-    def fake_probe(*args):
+    def fake_probe(*args, **kwargs):
         trained.append(args)
         return ProbeStats([[0.5 * len(trained)] * 4], torch.zeros(4, 2))
 

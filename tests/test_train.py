@@ -79,6 +79,9 @@ def test_two_processes_follow_the_same_schedule_and_weights_as_one_process_with_
     assert all(r["results"] == [i * i for i in range(7)] for r in ranks)
     assert sorted(ranks[0]["computed"] + ranks[1]["computed"]) == list(range(7))  # each index computed once
     assert ranks[0]["computed"] and ranks[1]["computed"]
+    # a probe's lock: the main process takes it and tells the other; where another job holds it, neither process
+    # waits alone (that would deadlock the collective training) and both train without checkpoints
+    assert all(r["building"] == {"free": "free.pt.checkpoints", "held": None} for r in ranks)
     weights_one, weights_two = (torch.load(tmp_path / f"processes-{p}" / "weights.pt") for p in (1, 2))
     for name, value in weights_one.items():
         assert torch.allclose(value, weights_two[name], atol=1e-5), name

@@ -60,11 +60,11 @@ class AlreadyLocked(BlockingIOError):
 
 
 @contextmanager
-def exclusive_lock(path: Path):
-    """Hold an OS lock (flock) on `path` for the block, or raise AlreadyLocked at once where another process holds
-    it. The kernel drops a lock when its holder ends, however it ends, so a killed process leaves none behind; the
-    file (holding the holder's pid, for the message) is removed on release. Where flock is missing (Windows), no
-    lock is taken."""
+def exclusive_lock(path: Path, wait: bool = False):
+    """Hold an OS lock (flock) on `path` for the block. Where another process holds it: raise AlreadyLocked at
+    once, or with `wait`, wait until it is released. The kernel drops a lock when its holder ends, however it
+    ends, so a killed process leaves none behind; the file (holding the holder's pid, for the message) is removed
+    on release. Where flock is missing (Windows), no lock is taken."""
     if fcntl is None:
         yield
         return
@@ -75,8 +75,15 @@ def exclusive_lock(path: Path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise AlreadyLocked(f"{path} is held by process {holder}") from None
+            if not wait:
+                os.close(fd)
+                raise AlreadyLocked(f"{path} is held by process {holder}") from None
+            log.info("waiting for process %s, which holds %s", holder, path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:  # interrupted while waiting
+                os.close(fd)
+                raise
         try:  # a holder that released it may have removed the file we opened: only the file at `path` counts
             current = os.path.samestat(os.fstat(fd), os.stat(path))
         except FileNotFoundError:

@@ -386,8 +386,9 @@ def defense_context(config: RunConfig, splits: Splits, corpus: list[str], learni
 
     def probe_statistics(settings, rows):
         return cached_probe(cache_root() / "probes", rows, settings, identity,
-                            lambda: train_probe(rows, settings, config.task, load_probe_base, config.train,
-                                                learning_rate, config.seed, device, mixed_precision))
+                            lambda checkpoints: train_probe(rows, settings, config.task, load_probe_base,
+                                                            config.train, learning_rate, config.seed, device,
+                                                            mixed_precision, checkpoint_dir=checkpoints))
 
     def text_score_cache(texts, settings, compute):
         # a named reference (SmolLM2, a hub id, a path) scores a text the same for every run, seed and model that

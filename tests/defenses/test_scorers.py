@@ -148,8 +148,8 @@ def test_probe_statistics_are_cached_per_rows_and_settings(tmp_path):
     rows = [Example(text="a", label=0, meta=ExampleMeta(source_index=0))]
     calls = []
 
-    def compute():
-        calls.append(1)
+    def compute(checkpoints):
+        calls.append(checkpoints)
         return ProbeStats([[0.5]], torch.ones(1, 4))
 
     settings = TrainingDynamicsConfig().probe
@@ -157,7 +157,63 @@ def test_probe_statistics_are_cached_per_rows_and_settings(tmp_path):
     second = cached_probe(tmp_path, rows, settings, {"seed": 0}, compute)
     assert len(calls) == 1 and second.margins == first.margins and torch.equal(second.states, first.states)
     cached_probe(tmp_path, rows, settings, {"seed": 1}, compute)  # another seed: another probe
-    assert len(calls) == 2
+    assert len(calls) == 2 and calls[0] != calls[1] and calls[0].parent == tmp_path
+    assert sorted(path.suffix for path in tmp_path.iterdir()) == [".pt", ".pt"]  # no lock or checkpoints left
+
+
+class KilledAfterEpoch(Exception):
+    pass
+
+
+def _small_probe_setup():
+    from p2pdefense.models import ModelConfig, load_base_model
+
+    task_config = ClassificationConfig()
+    rows = synthetic_sentiment(48, seed=5)
+    corpus = [task_config.corpus_text(ex) for ex in rows] + ["Output: 0", "Output: 1"]
+    model_config = ModelConfig(tiny={"vocab_size": 300, "hidden_size": 16, "num_layers": 1, "num_heads": 2},
+                               dtype="float32")
+    return task_config, [ex.blinded() for ex in rows], lambda: load_base_model(model_config, corpus, seed=0)
+
+
+def test_a_probe_killed_after_an_epoch_resumes_from_its_checkpoint_with_that_epochs_margins(tmp_path, monkeypatch):
+    from p2pdefense import train as train_module
+    from p2pdefense.compute import counting_compute
+    from p2pdefense.defenses.probe import train_probe
+    from p2pdefense.train import TrainConfig
+
+    task_config, rows, load = _small_probe_setup()
+    settings = TrainingDynamicsConfig().probe.model_copy(update={"epochs": 3})
+
+    def statistics(cache_dir):
+        return cached_probe(cache_dir, rows, settings, {"seed": 0}, lambda checkpoints: train_probe(
+            rows, settings, task_config, load, TrainConfig(batch_size=16), 3e-3, 0, "cpu", checkpoint_dir=checkpoints))
+
+    with counting_compute() as whole_cost:
+        whole = statistics(tmp_path / "whole")
+    save = train_module.Checkpoints.save
+
+    def save_then_die(self, epoch, *args):
+        save(self, epoch, *args)
+        if epoch == 1:
+            raise KilledAfterEpoch
+
+    monkeypatch.setattr(train_module.Checkpoints, "save", save_then_die)
+    with pytest.raises(KilledAfterEpoch):
+        statistics(tmp_path / "killed")
+    left = {path.name for path in (tmp_path / "killed").iterdir()}
+    assert len(left) == 1 and left.pop().endswith(".pt.checkpoints")  # no cache entry, no lock: checkpoints only
+    monkeypatch.setattr(train_module.Checkpoints, "save", save)
+    with counting_compute() as resumed_cost:
+        resumed = statistics(tmp_path / "killed")
+    # epochs 2-3 trained again, epoch 1 came from the checkpoint (its cost counted as served from a cache)
+    assert resumed_cost.backward_tokens == pytest.approx(whole_cost.backward_tokens * 2 / 3, rel=0.01)
+    assert resumed_cost.flops + resumed_cost.cached_flops == pytest.approx(whole_cost.flops, rel=0.01)
+    assert len(resumed.margins) == 3 and resumed.margins[0] == whole.margins[0]
+    assert all(r == pytest.approx(w, abs=1e-5) for r_row, w_row in zip(resumed.margins, whole.margins)
+               for r, w in zip(r_row, w_row))
+    assert torch.allclose(resumed.states, whole.states, atol=1e-5)
+    assert [path.suffix for path in (tmp_path / "killed").iterdir()] == [".pt"]  # the checkpoints are removed
 
 
 def test_a_probe_models_weights_are_cached_and_read_back_instead_of_training(tmp_path, monkeypatch):
@@ -181,6 +237,7 @@ def test_a_probe_models_weights_are_cached_and_read_back_instead_of_training(tmp
     with counting_compute() as trained_cost:
         trained, trained_task = probe()
     assert path.exists() and trained_cost.backward_tokens > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["probe.pt"]  # its epoch checkpoints and lock are gone
     untrained, _ = load_base_model(model_config, corpus, seed=0)
     monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a cached probe was trained again"))
     with counting_compute() as cached_cost:
@@ -367,3 +424,36 @@ def test_a_killed_text_scoring_keeps_what_it_scored_before_the_last_timed_save(t
     assert probe.cached_text_scores(tmp_path, texts, {"k": 1}, lambda t: asked.extend(t) or [len(t[0])]) == \
         [1, 2, 3, 4, 5]
     assert asked == ["dddd", "eeeee"]  # the first three were saved 300 s in; the fourth, 100 s later, was not
+
+
+BUILD_PROBE = """
+import sys, time
+from pathlib import Path
+import torch
+from p2pdefense.data import Example, ExampleMeta
+from p2pdefense.defenses.probe import ProbeStats, cached_probe
+from p2pdefense.defenses.scorers import TrainingDynamicsConfig
+
+def compute(checkpoints):
+    print("training", flush=True)
+    time.sleep(2.0)
+    return ProbeStats([[float(sys.argv[2])]], torch.ones(1, 4))
+
+rows = [Example(text="a", label=0, meta=ExampleMeta(source_index=0))]
+stats = cached_probe(Path(sys.argv[1]), rows, TrainingDynamicsConfig().probe, {"seed": 0}, compute)
+print("margin", stats.margins[0][0], flush=True)
+"""
+
+
+def test_a_process_needing_a_probe_another_is_training_waits_and_reads_it(tmp_path):
+    import subprocess
+    import sys
+
+    first = subprocess.Popen([sys.executable, "-c", BUILD_PROBE, str(tmp_path), "1.0"], stdout=subprocess.PIPE,
+                             text=True)
+    assert first.stdout.readline().strip() == "training"
+    second = subprocess.run([sys.executable, "-c", BUILD_PROBE, str(tmp_path), "2.0"], capture_output=True,
+                            text=True, timeout=120)
+    assert first.wait(timeout=120) == 0 and second.returncode == 0, second.stderr
+    assert first.stdout.read().strip() == "margin 1.0"
+    assert second.stdout.strip() == "margin 1.0"  # no "training": it read the first process's probe

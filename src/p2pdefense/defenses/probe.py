@@ -4,8 +4,10 @@ Its per-row statistics feed blind scorers and data filters: the margin of each r
 epoch (training dynamics) and the hidden state at each row's last prompt token (representations). Statistics
 are cached on disk per rows, seed and configuration, so the scorers of one run, and the runs of a grid that
 share data and seed, train one probe; so are the weights of a probe that a defense queries itself (BKI), so a
-run killed after its probe trained does not train it again. Reference-model scores are cached the same way, by
-rows or by text.
+run killed after its probe trained does not train it again. A probe in training keeps epoch checkpoints beside
+its cache entry, so a run killed during it resumes from the last epoch; and while one process trains a probe,
+another that needs the same one waits for it instead of training it too. Reference-model scores are cached the
+same way, by rows or by text.
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ import io
 import json
 import logging
 import random
+import shutil
 import sqlite3
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from ..compute import counting_compute, credit_cached
 from ..data import Example
-from ..io import write_bytes_atomic
+from ..io import AlreadyLocked, exclusive_lock, write_bytes_atomic, write_text_atomic
 from .output_space import OutputSpace
 
 log = logging.getLogger(__name__)
@@ -142,15 +147,27 @@ def variant_states(model, rows: list[dict[str, list[int]]], variants: list[list[
 def train_probe_model(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
                       learning_rate: float, seed: int, device,
                       on_epoch_end: Callable[[object, object, int], None] | None = None,
-                      mixed_precision: str = "no", weights_path: Path | None = None) -> tuple:
+                      mixed_precision: str = "no", weights_path: Path | None = None,
+                      checkpoint_dir: Path | None = None) -> tuple:
     """(model, task): the base model trained on `rows` with the task's own output space.
     on_epoch_end(model, task, epoch) sees it after every epoch; mixed_precision: the run's (see make_accelerator);
     weights_path: a cache of the trained weights (the trainable parameters: a LoRA probe's adapter), read instead
-    of training when present, else written after training."""
+    of training when present, else trained (with epoch checkpoints beside it) and written;
+    checkpoint_dir: epoch checkpoints to resume from and to keep (without weights_path)."""
+    if weights_path is not None:
+        if on_epoch_end is not None or checkpoint_dir is not None:
+            raise ValueError("a cached probe model keeps its own checkpoints and has no epochs to show")
+        with building(weights_path) as checkpoints:
+            return _probe_model(rows, settings, task_config, load_model, train_config, learning_rate, seed,
+                                mixed_precision, weights_path=weights_path, checkpoint_dir=checkpoints)
+    return _probe_model(rows, settings, task_config, load_model, train_config, learning_rate, seed,
+                        mixed_precision, on_epoch_end=on_epoch_end, checkpoint_dir=checkpoint_dir)
+
+
+def _probe_model(rows, settings, task_config, load_model, train_config, learning_rate, seed, mixed_precision,
+                 on_epoch_end=None, weights_path: Path | None = None, checkpoint_dir: Path | None = None) -> tuple:
     from ..train import make_accelerator, train
 
-    if weights_path is not None and on_epoch_end is not None:
-        raise ValueError("a cached probe model has no epochs to show on_epoch_end")
     model, tokenizer = load_model()
     task = task_config.build(tokenizer, OutputSpace(task_config.num_labels), train_config.max_length)
     if weights_path is not None and weights_path.exists():
@@ -164,15 +181,47 @@ def train_probe_model(rows: list[Example], settings, task_config, load_model: Ca
         def flooded(loss):
             return torch.sign(loss - settings.gamma) * loss
     with counting_compute() as spent:
-        train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate, seed,
-              accelerator=make_accelerator(probe_config, mixed_precision), loss_transform=flooded,
-              on_epoch_end=None if on_epoch_end is None else lambda m, epoch: on_epoch_end(m, task, epoch))
+        report = train(model, features, tokenizer.pad_token_id, probe_config, settings.learning_rate or learning_rate,
+                       seed, accelerator=make_accelerator(probe_config, mixed_precision), loss_transform=flooded,
+                       checkpoint_dir=checkpoint_dir, resume=checkpoint_dir is not None,
+                       on_epoch_end=None if on_epoch_end is None else lambda m, epoch: on_epoch_end(m, task, epoch))
+        if report.carried_compute is not None:  # the epochs a killed process trained before this one resumed
+            credit_cached(report.carried_compute.flops + report.carried_compute.cached_flops)
     if weights_path is not None:
         buffer = io.BytesIO()
         torch.save({"weights": {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad},
                     "flops": torch.tensor(spent.flops + spent.cached_flops, dtype=torch.float64)}, buffer)
         write_bytes_atomic(weights_path, buffer.getvalue())
     return model, task
+
+
+@contextmanager
+def building(target: Path) -> Iterator[Path | None]:
+    """Build the cache entry `target` (a probe's statistics or weights) once; yields the directory for its epoch
+    checkpoints, or None for none, and removes it when the entry is written.
+
+    In a single process, the lock `.NAME.lock` beside `target` is held while building: another process that needs
+    the same probe waits, then finds it written (the caller checks for `target` inside the block). Under
+    `accelerate launch` all processes train the probe together, so none may wait alone: the main process tries
+    the lock and tells the others; where another job holds it, they train without checkpoints."""
+    lock, checkpoints = target.with_name(f".{target.name}.lock"), target.with_name(f"{target.name}.checkpoints")
+    state = PartialState()
+    with ExitStack() as stack:
+        if state.num_processes == 1:
+            stack.enter_context(exclusive_lock(lock, wait=True))
+            held = [True]
+        else:
+            held = [False]
+            if state.is_main_process:
+                try:
+                    stack.enter_context(exclusive_lock(lock))
+                    held = [True]
+                except AlreadyLocked as refused:
+                    log.warning("%s; this probe trains without checkpoints", refused)
+            broadcast_object_list(held)
+        yield checkpoints if held[0] else None
+        if held[0] and target.exists() and state.is_main_process:
+            shutil.rmtree(checkpoints, ignore_errors=True)
 
 
 def _load_trainable(model, path: Path) -> None:
@@ -191,18 +240,28 @@ def _load_trainable(model, path: Path) -> None:
 
 
 def train_probe(rows: list[Example], settings, task_config, load_model: Callable[[], tuple], train_config,
-                learning_rate: float, seed: int, device, mixed_precision: str = "no") -> ProbeStats:
-    margins: list[list[float]] = []
+                learning_rate: float, seed: int, device, mixed_precision: str = "no",
+                checkpoint_dir: Path | None = None) -> ProbeStats:
+    """checkpoint_dir: epoch checkpoints of the probe, with each epoch's margins beside them, to resume from."""
+    margins: dict[int, list[float]] = {}
+
+    def margins_file(epoch: int) -> Path:
+        return checkpoint_dir / f"margins-epoch-{epoch}.json"
 
     def record(trained, task, epoch: int) -> None:
-        margins.append(task.margins(trained, rows, train_config.eval_batch_size, device)[0])
+        margins[epoch] = task.margins(trained, rows, train_config.eval_batch_size, device)[0]
+        if checkpoint_dir is not None and PartialState().is_main_process:
+            write_text_atomic(margins_file(epoch), json.dumps(margins[epoch]))
 
     model, task = train_probe_model(rows, settings, task_config, load_model, train_config, learning_rate, seed,
-                                    device, record, mixed_precision)
+                                    device, record, mixed_precision, checkpoint_dir=checkpoint_dir)
+    for epoch in range(1, settings.epochs + 1):  # epochs trained before a resume: their margins were saved
+        if epoch not in margins:
+            margins[epoch] = json.loads(margins_file(epoch).read_text())
     features = [task.encode_training(ex) for ex in rows]
     states = last_prompt_states(model, features, task.tokenizer.pad_token_id, settings.layer,
                                 train_config.eval_batch_size, device)
-    return ProbeStats(margins, states)
+    return ProbeStats([margins[epoch] for epoch in sorted(margins)], states)
 
 
 def content_key(rows: list[Example], parts: dict) -> str:
@@ -221,21 +280,23 @@ def probe_key(rows: list[Example], settings, identity: dict) -> str:
 
 
 def cached_probe(cache_dir: Path, rows: list[Example], settings, identity: dict,
-                 compute: Callable[[], ProbeStats]) -> ProbeStats:
-    """identity: the run's model, task, training configuration and seed."""
+                 compute: Callable[[Path | None], ProbeStats]) -> ProbeStats:
+    """identity: the run's model, task, training configuration and seed; compute(checkpoint_dir) trains the
+    probe, keeping (and resuming from) epoch checkpoints there when it is not None."""
     path = cache_dir / f"{probe_key(rows, settings, identity)}.pt"
-    if path.exists():
-        saved = torch.load(path, weights_only=True)
-        log.info("probe statistics from %s", path)
-        credit_cached(float(saved.get("flops", 0.0)))
-        return ProbeStats(saved["margins"].tolist(), saved["states"])
-    with counting_compute() as spent:
-        stats = compute()
-    buffer = io.BytesIO()
-    torch.save({"margins": torch.tensor(stats.margins), "states": stats.states,
-                "flops": torch.tensor(spent.flops + spent.cached_flops, dtype=torch.float64)}, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
-    return stats
+    with building(path) as checkpoints:
+        if path.exists():
+            saved = torch.load(path, weights_only=True)
+            log.info("probe statistics from %s", path)
+            credit_cached(float(saved.get("flops", 0.0)))
+            return ProbeStats(saved["margins"].tolist(), saved["states"])
+        with counting_compute() as spent:
+            stats = compute(checkpoints)
+        buffer = io.BytesIO()
+        torch.save({"margins": torch.tensor(stats.margins), "states": stats.states,
+                    "flops": torch.tensor(spent.flops + spent.cached_flops, dtype=torch.float64)}, buffer)
+        write_bytes_atomic(path, buffer.getvalue())
+        return stats
 
 
 def cached_scores(cache_dir: Path, rows: list[Example], parts: dict, compute: Callable[[], object]) -> object:
