@@ -133,6 +133,15 @@ def _judged(name: str, gap: float, drop: float, seeds: int, triggered: tuple[flo
     return f"{name} ({', '.join(shown)}, {seeds} seed{'s' if seeds != 1 else ''})"
 
 
+def peak_memory(metrics: list[dict]) -> str:
+    """The largest peak over the seeds in GiB: the host's, then a GPU's allocation where runs had one; blank for
+    runs that predate the measure."""
+    peaks = [m.get("peak_memory_mib") or {} for m in metrics]
+    host, device = [p["host"] for p in peaks if p.get("host")], [p["device"] for p in peaks if p.get("device")]
+    shown = f"{max(host) / 1024:.1f}" if host else ""
+    return shown + (f" (GPU {max(device) / 1024:.1f})" if device else "")
+
+
 def suite_table(bench_dir) -> str:
     rows = ResultsStore(bench_dir).rows()
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -161,18 +170,22 @@ def suite_table(bench_dir) -> str:
              "against the undefended run of the same seed, leaving out the wall time of runs resumed from a "
              "checkpoint (it is their last process's), the FLOPs of those resumed from a checkpoint older than "
              "the count it keeps, and the wall time of runs on another kind of device than their undefended run. "
+             "peak memory: the largest over the seeds of the run process's peak resident memory, and of torch's "
+             "peak allocation on a GPU (GiB; blank for runs that predate the measure; a run resumed from a "
+             "checkpoint shows its last process's). "
              + REJECTIONS_LEGEND + " The moderate-fitting "
              "row is no defense, trained less (a control).", ""]
     verdicts = []
     for attack in sorted({a for a, _ in cells}):
         lines += [f"## {attack}", "", "| defense | seeds | CA % | ASR % | floor % | triggered acc. % | "
                   "rejected clean / trig. % | removed: precision / recall % | CA drop (pts) | compute (x) | "
-                  "wall (x) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "wall (x) | peak memory (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         und = [m for (a, k, _), m in refs.items() if a == attack and k == "undefended"]
         floor_values = [m.get("asr") for (a, k, _), m in refs.items() if a == attack and k == "clean"]
         lines.append(f"| undefended | {seed_count(und)} | {mean_sd([m['ca'] for m in und])} | "
                      f"{mean_sd([m.get('asr') for m in und])} | {mean_sd(floor_values)} | "
-                     f"{mean_sd([m.get('triggered_accuracy') for m in und])} | | | | 1.0 | 1.0 |")
+                     f"{mean_sd([m.get('triggered_accuracy') for m in und])} | | | | 1.0 | 1.0 | "
+                     f"{peak_memory(und)} |")
         candidates = []
         for (a, name), members in sorted(cells.items()):
             if a != attack:
@@ -209,7 +222,7 @@ def suite_table(bench_dir) -> str:
                 f"{mean_sd(floors)} | {mean_sd([m.get('triggered_accuracy') for m in ms])} | {rejections(ms)}"
                 f" | {removals} | {'' if drop is None else f'{100 * drop:.1f}'} | "
                 f"{'' if not computes else f'{statistics.fmean(computes):.2f}'} | "
-                f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} |")
+                f"{'' if not costs else f'{statistics.fmean(costs):.2f}'} | {peak_memory(ms)} |")
             if gap is not None and drop is not None and name != "moderate-fitting":
                 paired = (_mean([d for d, _ in triggered]), _mean([c for _, c in triggered])) if triggered else None
                 candidates.append((name, gap, drop, len(gaps), paired,

@@ -13,9 +13,10 @@ common = pytest.importorskip("common")
 
 
 def row(cell: str, seed: int, ca: float, asr: float, wall: float = 10.0, flops: float | None = None,
-        removed: tuple[int, int] = (0, 0), target_rate_clean: float | None = None) -> dict:
+        removed: tuple[int, int] = (0, 0), target_rate_clean: float | None = None,
+        peak_memory_mib: dict | None = None) -> dict:
     metrics = {"ca": ca, "asr": asr, "triggered_accuracy": 1 - asr, "wall_seconds": wall, "num_poisoned": 20,
-               "num_removed": removed[0], "num_poisoned_removed": removed[1]}
+               "num_removed": removed[0], "num_poisoned_removed": removed[1], "peak_memory_mib": peak_memory_mib}
     if target_rate_clean is not None:
         metrics["target_rate_clean"] = target_rate_clean
     if flops is not None:
@@ -34,9 +35,9 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
         store.append(row("badnets | p2p", seed, 0.80, undefended_asr))
         # within 5 points of the floor (0.15 mean), CA drop 1 point: meets the goal
         store.append(row("badnets | good", seed, 0.79, floor + 0.04, wall=30.0, flops=300.0,
-                         removed=(20, 10 + 5 * seed)))
+                         removed=(20, 10 + 5 * seed), peak_memory_mib={"host": 3072 + 1024 * seed, "device": None}))
         # at the floor but CA drop 10 points: does not
-        store.append(row("badnets | costly", seed, 0.70, floor))
+        store.append(row("badnets | costly", seed, 0.70, floor, peak_memory_mib={"host": 1024, "device": 2048 * seed}))
         store.append(row("addsent | p2p (clean)", seed, 0.80, 0.10))
         store.append(row("addsent | p2p (undefended)", seed, 0.80, 1.00))
         store.append(row("addsent | p2p", seed, 0.81, 0.95))
@@ -52,11 +53,13 @@ def test_the_suite_table_and_its_recommendation(tmp_path):
         store.append(row("synbkd-imdb | p2p (undefended)", seed, 0.90, 0.99))
         store.append(row("synbkd-imdb | strip-1%", seed, 0.90, 0.50))
     table = defense_suite.suite_table(tmp_path)
-    assert ("| undefended | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 | 5.0 ± 7.1 | | | | 1.0 | 1.0 |" in table)
-    # removed 20 rows each seed, 10 and 15 of them poisoned (of 20): precision = recall = 62.5 ± 17.7
+    # peak memory: blank where runs predate the measure
+    assert ("| undefended | 2 | 80.0 ± 0.0 | 95.0 ± 7.1 | 15.0 ± 7.1 | 5.0 ± 7.1 | | | | 1.0 | 1.0 |  |" in table)
+    # removed 20 rows each seed, 10 and 15 of them poisoned (of 20): precision = recall = 62.5 ± 17.7; the larger
+    # peak of the two seeds (3 and 4 GiB)
     assert ("| good | 2 | 79.0 ± 0.0 | 19.0 ± 7.1 | 15.0 ± 7.1 | 81.0 ± 7.1 |  | 62.5 ± 17.7 / 62.5 ± 17.7 | 1.0 | "
-            "3.00 | 3.00 |") in table
-    assert "| costly | 2 | 70.0 ± 0.0 | 15.0 ± 7.1 |" in table
+            "3.00 | 3.00 | 4.0 |") in table
+    assert "| costly | 2 | 70.0 ± 0.0 | 15.0 ± 7.1 |" in table and "| 1.0 (GPU 2.0) |" in table
     verdicts = table.split("## Which defense for which threat")[1]
     # beside each verdict, accuracy on triggered inputs against the clean model's (1 - ASR in these rows)
     assert ("| badnets | good (ASR +4.0 over floor, CA drop 1.0, triggered acc. 81.0 vs the clean model's 85.0, "

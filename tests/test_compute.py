@@ -2,7 +2,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from p2pdefense.compute import counting_compute
+from p2pdefense.compute import PeakMemory, counting_compute
 from p2pdefense.models.tiny import build_tiny_llama
 
 
@@ -91,3 +91,15 @@ def test_a_resumed_run_has_a_flops_ratio_only_where_its_checkpoint_carried_the_c
     on_gpu = {**undefended, "provenance": {"device": "cuda:0"}}
     assert wall_ratio(whole, on_gpu) is None and compute_ratio(whole, on_gpu) == 4.0
     assert wall_ratio({**whole, "provenance": {"device": "cuda:3"}}, on_gpu) == 2.5
+
+
+@pytest.mark.skipif(not PeakMemory.CLEAR_REFS.exists(), reason="the peak resident set is reset through Linux's /proc")
+def test_peak_memory_sees_a_freed_allocation_and_a_new_measure_starts_from_the_current_memory():
+    baseline = PeakMemory()
+    block = torch.ones(256, 2**20 // 4, dtype=torch.float32)  # 256 MiB, touched
+    del block
+    held = baseline.read()
+    after = PeakMemory().read()  # made after the allocation was freed: its peak is today's resident set
+    assert (held["device"] is None) == (not torch.cuda.is_available())
+    assert held["host"] - after["host"] >= 200
+    assert after["host"] > 0

@@ -79,6 +79,12 @@ def test_metrics_agree_with_predictions(finished_run):
     compute = metrics["compute"]
     assert compute["backward_tokens"] >= 2 * metrics["num_train"]
     assert compute["forward_tokens"] >= compute["backward_tokens"] + len(rows)
+    # peak memory of the run's process: at least the resident size of torch and the model (no GPU here)
+    from p2pdefense.compute import PeakMemory
+
+    if PeakMemory.CLEAR_REFS.exists():
+        assert metrics["peak_memory_mib"]["host"] >= 50
+    assert (metrics["peak_memory_mib"]["device"] is None) == (not torch.cuda.is_available())
 
 
 def test_predict_applies_the_saved_defense(finished_run, tmp_path):

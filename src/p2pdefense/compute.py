@@ -8,12 +8,15 @@ counted too. `flops` is the usual estimate, 2 x parameters per token forward and
 statistics, reference scores) is not done again; the FLOPs that the run which filled the cache spent on it are
 stored with the entry and counted as `cached_flops`, so a defense's cost does not depend on which run of a grid
 came first (`total_flops`; entries cached before the count add nothing).
+
+Memory is measured, not estimated: PeakMemory reads the run's peak host memory and accelerator allocation.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
@@ -117,3 +120,29 @@ def wall_ratio(metrics: dict, reference: dict) -> float | None:
 def total_flops(metrics: dict) -> float | None:
     compute = metrics.get("compute") or {}
     return compute["flops"] + compute.get("cached_flops", 0.0) if compute.get("flops") else None
+
+
+class PeakMemory:
+    """The peak memory of this process since the object was made, in MiB: `host`, the resident set (Linux's
+    high-water mark VmHWM, reset at the start, so that a bench running runs one after another in one process
+    counts each run's own peak, which still includes what the process held when the run began; None where it
+    cannot be reset), and `device`, torch's peak allocation on the CUDA device (None without one)."""
+
+    STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+    def __init__(self):
+        try:
+            self.CLEAR_REFS.write_text("5")  # 5: reset the peak resident set size to the current one
+            self.host = True
+        except OSError:
+            self.host = False
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def read(self) -> dict:
+        host = None
+        if self.host:
+            line = next(x for x in self.STATUS.read_text().splitlines() if x.startswith("VmHWM:"))
+            host = round(int(line.split()[1]) / 1024)  # the line is "VmHWM:   12345 kB"
+        return {"host": host, "device": round(torch.cuda.max_memory_allocated() / 2**20) if self.cuda else None}

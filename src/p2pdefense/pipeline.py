@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 
 from . import report
 from .attacks import build_attack
-from .compute import ComputeCount, counting_compute, credit_cached, device_kind, partial_count, total_flops
+from .compute import ComputeCount, PeakMemory, counting_compute, credit_cached, device_kind, partial_count, total_flops
 from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
@@ -425,14 +425,14 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     trained_from: the finished undefended run of this configuration, whose trained model this run takes instead
     of training the same model again (only for a defense that changes nothing before the trained model: STRIP,
     fine-tuning, CROW, Wanda, CleanGen). Its training time and compute are counted as this run's."""
-    started = time.perf_counter()
+    started, memory = time.perf_counter(), PeakMemory()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
     with run_lock(final_dir):
         if resume and not overwrite and (done := finished_metrics(final_dir, config)) is not None:
             log.info("%s is finished with this configuration; nothing to do", final_dir)
             return final_dir, done
         with counting_compute() as compute:
-            return _run(config, overwrite, final_dir, resume, started, compute, trained_from)
+            return _run(config, overwrite, final_dir, resume, started, compute, trained_from, memory)
 
 
 class RunInProgress(RunExists):
@@ -471,7 +471,7 @@ def run_in_progress(run_dir: Path) -> bool:
 
 
 def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, started: float,
-         compute: ComputeCount, trained_from: Path | None) -> tuple[Path, dict]:
+         compute: ComputeCount, trained_from: Path | None, memory: PeakMemory) -> tuple[Path, dict]:
     checkpoints = _prepare_checkpoints(final_dir, config, overwrite, resume)
     stage_seconds: dict[str, float] = {}
     stage_flops: dict[str, float] = {}
@@ -589,7 +589,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
             save_trained(model, tokenizer, staging / "model")
             lap("write", mark)
             metrics.update(stage_seconds=stage_seconds, stage_flops=stage_flops,
-                           wall_seconds=round(time.perf_counter() - started, 3))
+                           wall_seconds=round(time.perf_counter() - started, 3), peak_memory_mib=memory.read())
             write_json_atomic(staging / "metrics.json", metrics)  # last: its presence means complete
         shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
