@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -401,3 +402,56 @@ def test_a_run_made_again_reproduces_its_row_when_outcomes_match_and_losses_agre
     assert regained_differences(stored, trained_otherwise) == ["epoch 2 loss 0.1288186 -> 0.131"]
     one_epoch = {**stored, "epochs": stored["epochs"][:1]}
     assert regained_differences(stored, one_epoch) == ["epoch 2 loss 0.1288186 -> None"]
+
+
+def test_the_expected_peak_memory_of_a_cell_comes_from_finished_runs_like_it():
+    from p2pdefense.bench import expected_peak_mib
+
+    cells = expand(grid(axes={"seed": [0]}), Path("."), Path("bench"))
+    p2p = next(c for c in cells if c.label == "seed=0")
+    config = p2p.config.model_dump(mode="json")
+
+    def row(peak: int | None, **changes) -> dict:
+        changed = json.loads(json.dumps(config))
+        for key, value in changes.items():
+            set_key(changed, key, value)
+        return {"config": changed, "metrics": {"peak_memory_mib": None if peak is None else {"host": peak}}}
+
+    assert expected_peak_mib(p2p, [row(None)]) is None  # runs that predate the measure
+    other_defense, other_seed = row(900, **{"defense.name": "strip"}), row(500, seed=9)
+    assert expected_peak_mib(p2p, [other_defense, other_seed]) == 500  # the same defense first, on any seed
+    assert expected_peak_mib(p2p, [other_defense, row(700, seed=9)]) == 700
+    assert expected_peak_mib(p2p, [other_defense]) == 900  # else any defense on the same model and data
+    assert expected_peak_mib(p2p, [row(900, **{"train.max_length": 32})]) is None  # another length: unknown
+
+
+def test_memory_allows_a_cell_only_beside_what_the_running_cells_may_still_grow_to(monkeypatch):
+    from p2pdefense import bench
+
+    monkeypatch.setattr(bench, "available_memory_mib", lambda: 10_000)
+    monkeypatch.setattr(bench, "_resident_mib", {11: 2_000, 12: 7_000}.get)
+    assert bench.memory_allows(10_000, [])
+    assert not bench.memory_allows(10_001, [])
+    # pid 11 holds 2,000 of an expected 6,000: 4,000 more may come; pid 12 is past its expected peak
+    assert bench.memory_allows(6_000, [(6_000, 11), (5_000, 12)])
+    assert not bench.memory_allows(6_001, [(6_000, 11), (5_000, 12)])
+    assert bench.memory_allows(None, [(6_000, 11)]) and bench.memory_allows(10_000, [(None, 11)])
+    monkeypatch.setattr(bench, "available_memory_mib", lambda: None)  # no /proc/meminfo: no gating
+    assert bench.memory_allows(10**9, [(6_000, 11)])
+
+
+def test_workers_start_a_cell_only_when_its_expected_memory_fits(tmp_path, monkeypatch):
+    """Cells expected to peak above what is available beside a running cell wait for it: two workers run the
+    three cells one at a time, on worker 0, and say why."""
+    from p2pdefense import bench
+
+    monkeypatch.setattr(bench, "available_memory_mib", lambda: 4_000)
+    monkeypatch.setattr(bench, "expected_peak_mib", lambda cell, rows: 3_000)
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"name": "m", "base": BASE, "axes": {"seed": [8]},
+                                         "output_dir": str(tmp_path / "bench")}), encoding="utf-8")
+    result = runner.invoke(app, ["bench", str(grid_path), "--workers", "2"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert len(ResultsStore(tmp_path / "bench").rows()) == 3
+    assert result.output.count("on worker 0") == 3 and "on worker 1" not in result.output, result.output
+    assert "waits for a running cell to finish: runs like it peaked at 2.9 GiB" in result.output

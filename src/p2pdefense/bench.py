@@ -236,6 +236,55 @@ def estimate_seconds(cell: Cell, store: ResultsStore) -> float | None:
     return sum(times) / len(times) if times else None
 
 
+def _memory_key(config: dict, with_defense: bool) -> str:
+    """What sets a run's memory, from a dumped configuration: model, data source, batch and length (and defense)."""
+    model, data, train = config["model"], config["data"], config["train"]
+    parts = [model.get("preset") or model.get("name_or_path"), model.get("finetune"), data.get("train"),
+             data.get("hub"), data.get("synthetic"), train.get("batch_size"), train.get("max_length")]
+    return json.dumps(parts + [config["defense"]["name"]] if with_defense else parts, sort_keys=True, default=str)
+
+
+def expected_peak_mib(cell: Cell, rows: list[dict]) -> int | None:
+    """The largest peak host memory (MiB) of finished runs (store rows) with the cell's model, data, batch, length
+    and defense (any seed or attack), else of any defense with the rest the same; None where no row has one."""
+    config = cell.config.model_dump(mode="json")
+    rows = [r for r in rows if ((r["metrics"].get("peak_memory_mib") or {}).get("host"))]
+    for with_defense in (True, False):
+        key = _memory_key(config, with_defense)
+        peaks = [r["metrics"]["peak_memory_mib"]["host"] for r in rows if _memory_key(r["config"], with_defense) == key]
+        if peaks:
+            return max(peaks)
+    return None
+
+
+def available_memory_mib() -> int | None:
+    """The memory the kernel can give new work (MemAvailable); None where /proc/meminfo is missing."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(x.split()[1]) // 1024 for x in lines if x.startswith("MemAvailable:")), None)
+
+
+def _resident_mib(pid: int) -> int:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # ended, or no /proc
+        return 0
+    return next((int(x.split()[1]) // 1024 for x in lines if x.startswith("VmRSS:")), 0)
+
+
+def memory_allows(need_mib: int | None, running: list[tuple[int | None, int]]) -> bool:
+    """Whether a cell expected to peak at `need_mib` fits beside the running ones ((expected peak, pid) each):
+    the available memory less what the running cells are still expected to grow by. Unknown peaks count as
+    fitting, and so does anything where the available memory cannot be read."""
+    available = available_memory_mib()
+    if need_mib is None or available is None:
+        return True
+    growth = sum(max(0, peak - _resident_mib(pid)) for peak, pid in running if peak is not None)
+    return available - growth >= need_mib
+
+
 def cell_finished(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
     """A finished run of the cell's configuration: its run directory, or its row in the (committed) store."""
     return (finished_metrics(bench_dir / "runs" / cell.hash, cell.config) is not None
@@ -413,11 +462,12 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
                     bar, regained: set[str], outcome: BenchOutcome) -> None:
     """N cells at once, each a `p2p run` process; with GPUs, worker i sees device i % (number of GPUs). A cell that
     can take the trained model of an undefended run still to finish waits for it (other cells go first). A cell
-    that another process is running when its turn comes is left to it."""
+    that another process is running when its turn comes is left to it. A cell whose expected peak memory (from
+    the store's finished runs like it) does not fit beside the running cells waits for one to finish."""
     import torch
 
     gpus = torch.cuda.device_count()
-    pending, running = list(cells), {}
+    pending, running, held_back, finished_rows = list(cells), {}, set(), store.rows()
     waits_for = {c.hash: twin for c in cells if (twin := undefended_twin(c)) is not None}
     configs, logs = bench_dir / "configs", bench_dir / "logs"
     configs.mkdir(parents=True, exist_ok=True)
@@ -428,13 +478,21 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
             cell = next((c for c in pending if waits_for.get(c.hash) not in unfinished), None)
             if cell is None:
                 break
+            need = expected_peak_mib(cell, finished_rows)
+            if running and not memory_allows(need, [(peak, process.pid) for _, process, peak in running.values()]):
+                if cell.hash not in held_back:
+                    held_back.add(cell.hash)
+                    log.warning("%s [%s] waits for a running cell to finish: runs like it peaked at %.1f GiB, "
+                                "more than fits beside the running cells (%s GiB available)", cell.label,
+                                cell.hash, need / 1024, f"{available_memory_mib() / 1024:.1f}")
+                break
             pending.remove(cell)
             if run_in_progress(bench_dir / "runs" / cell.hash):
                 _left_elsewhere(cell, "it holds the run's lock")
                 outcome.elsewhere.append(cell.hash)
                 progress.advance(bar)
                 continue
-            slot = next(i for i in range(workers) if i not in {s for s, _ in running.values()})
+            slot = next(i for i in range(workers) if i not in {s for s, _, _ in running.values()})
             path = configs / f"{cell.hash}.yaml"
             path.write_text(to_yaml(cell.config), encoding="utf-8")
             env = dict(os.environ)
@@ -445,16 +503,17 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
                 process = subprocess.Popen([sys.executable, "-m", "p2pdefense", "run", str(path), "--resume",
                                             *(["--trained-from", str(source)] if source else [])],
                                            env=env, stdout=log_file, stderr=subprocess.STDOUT)
-            running[cell.hash] = (slot, process)
+            running[cell.hash] = (slot, process, need)
             log.info("started %s [%s] on worker %d", cell.label, cell.hash, slot)
         progress.update(bar, description=f"grid: {len(running)} running, {len(pending)} waiting")
         time.sleep(0.5)
-        for digest, (_slot, process) in list(running.items()):
+        for digest, (_slot, process, _peak) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[digest]
             if process.returncode == 0:
                 store.ensure(bench_dir / "runs" / digest)
+                finished_rows = store.rows()  # its peak memory tells the cells like it what to expect
                 if digest in regained:
                     check_regained(next(c for c in cells if c.hash == digest), bench_dir, store)
             else:

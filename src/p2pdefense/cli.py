@@ -192,7 +192,8 @@ def bench(
     dry_run: Annotated[bool, typer.Option(help="list the cells and an estimate of their cost; run nothing")] = False,
     only: Annotated[list[str] | None, typer.Option(help="run only cells with KEY=VALUE (repeatable)")] = None,
     shard: Annotated[str | None, typer.Option(help="I/K: run a deterministic 1/K of the cells (job arrays)")] = None,
-    workers: Annotated[int, typer.Option(help="cells run at once (one GPU each where there are several)")] = 1,
+    workers: Annotated[int, typer.Option(help="cells run at once (one GPU each where there are several); a cell "
+                                               "waits while its expected peak memory does not fit")] = 1,
     rebuild_store: Annotated[bool, typer.Option(
         help="recreate results.jsonl from the run directories (keeping the rows of runs not here)")] = False,
 ) -> None:
