@@ -455,3 +455,17 @@ def test_workers_start_a_cell_only_when_its_expected_memory_fits(tmp_path, monke
     assert len(ResultsStore(tmp_path / "bench").rows()) == 3
     assert result.output.count("on worker 0") == 3 and "on worker 1" not in result.output, result.output
     assert "waits for a running cell to finish: runs like it peaked at 2.9 GiB" in result.output
+    # a dry run shows each cell to run the peak its finished likes recorded (here: the runs above, on seed 8)
+    monkeypatch.undo()
+    rows = ResultsStore(tmp_path / "bench").rows()
+    peaks = {r["config"]["defense"]["name"]: max(x["metrics"]["peak_memory_mib"]["host"] for x in rows
+                                                 if x["config"]["defense"]["name"] == r["config"]["defense"]["name"])
+             for r in rows}
+    grid_path.write_text(yaml.safe_dump({"name": "m", "base": BASE, "axes": {"seed": [8, 9]},
+                                         "output_dir": str(tmp_path / "bench")}), encoding="utf-8")
+    dry = runner.invoke(app, ["bench", str(grid_path), "--dry-run"], env={"COLUMNS": "300"})
+    assert dry.exit_code == 0, dry.output
+    nine = [line for line in dry.output.splitlines() if "seed=9" in line]
+    assert len(nine) == 3 and all("to run" in line for line in nine)
+    assert sorted(re.search(r"([0-9.]+) GiB", line).group(1) for line in nine) == sorted(
+        f"{peaks[name] / 1024:.1f}" for name in ("none", "none", "p2p"))  # clean and undefended run no defense

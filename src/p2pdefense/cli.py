@@ -198,7 +198,7 @@ def bench(
         help="recreate results.jsonl from the run directories (keeping the rows of runs not here)")] = False,
 ) -> None:
     """Run a grid of configurations; finished cells are skipped, interrupted ones resume from checkpoints."""
-    from .bench import estimate_seconds, expand, load_grid, plan, run_cells, select
+    from .bench import estimate_seconds, expand, expected_peak_mib, load_grid, plan, run_cells, select
     from .store import ResultsStore
 
     try:
@@ -214,18 +214,22 @@ def bench(
         return
     if dry_run:
         table = Table(title=f"{spec.name}: {len(cells)} cells in {bench_dir}")
-        for column in ("hash", "cell", "status", "estimate"):
+        for column in ("hash", "cell", "status", "estimate", "peak memory"):
             table.add_column(column)
-        total, planned = 0.0, plan(cells, bench_dir, store)
+        total, planned, rows = 0.0, plan(cells, bench_dir, store), store.rows()
         for cell in cells:
             status, note = planned[cell.hash]
-            estimate = None if status == "done" and not note else estimate_seconds(cell, store)
+            to_run = status != "done" or bool(note)
+            estimate = estimate_seconds(cell, store) if to_run else None
+            peak = expected_peak_mib(cell, rows) if to_run else None
             total += estimate or 0.0
             table.add_row(cell.hash, cell.label, status + (f", {note}" if note else ""),
-                          "" if estimate is None else f"{estimate:.0f} s")
+                          "" if estimate is None else f"{estimate:.0f} s",
+                          "" if peak is None else f"{peak / 1024:.1f} GiB")
         console.print(table)
         console.print(f"estimated time for the remaining cells: {total / 60:.0f} min (from past runs of the same "
-                      "model in this store; cells without one are not counted)")
+                      "model in this store; cells without one are not counted); peak memory: the largest of "
+                      "finished runs like each cell (what `--workers` makes room for)")
         return
     outcome = run_cells(cells, bench_dir, workers, shard)
     unfinished = len(outcome.failed) + len(outcome.elsewhere)
