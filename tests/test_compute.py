@@ -103,3 +103,14 @@ def test_peak_memory_sees_a_freed_allocation_and_a_new_measure_starts_from_the_c
     assert (held["device"] is None) == (not torch.cuda.is_available())
     assert held["host"] - after["host"] >= 200
     assert after["host"] > 0
+
+
+@pytest.mark.skipif(not PeakMemory.CLEAR_REFS.exists(), reason="the peak resident set is reset through Linux's /proc")
+def test_each_lap_has_its_own_peak_and_the_whole_keeps_the_highest():
+    memory = PeakMemory()
+    block = torch.ones(256, 2**20 // 4, dtype=torch.float32)
+    del block
+    allocating = memory.lap()
+    quiet = memory.lap()
+    assert allocating["host"] - quiet["host"] >= 200  # the second lap started after the block was freed
+    assert memory.read()["host"] >= allocating["host"]

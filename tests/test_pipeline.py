@@ -84,6 +84,9 @@ def test_metrics_agree_with_predictions(finished_run):
 
     if PeakMemory.CLEAR_REFS.exists():
         assert metrics["peak_memory_mib"]["host"] >= 50
+        stages = metrics["stage_peak_memory_mib"]
+        assert stages.keys() == metrics["stage_seconds"].keys()  # each stage's own peak: where memory went
+        assert metrics["peak_memory_mib"]["host"] >= max(stage["host"] for stage in stages.values())
     assert (metrics["peak_memory_mib"]["device"] is None) == (not torch.cuda.is_available())
 
 

@@ -126,23 +126,40 @@ class PeakMemory:
     """The peak memory of this process since the object was made, in MiB: `host`, the resident set (Linux's
     high-water mark VmHWM, reset at the start, so that a bench running runs one after another in one process
     counts each run's own peak, which still includes what the process held when the run began; None where it
-    cannot be reset), and `device`, torch's peak allocation on the CUDA device (None without one)."""
+    cannot be reset), and `device`, torch's peak allocation on the CUDA device (None without one). `lap()` gives
+    the peak of each stage of a run; `read()` the peak over all of them."""
 
     STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
     def __init__(self):
-        try:
-            self.CLEAR_REFS.write_text("5")  # 5: reset the peak resident set size to the current one
-            self.host = True
-        except OSError:
-            self.host = False
-        self.cuda = torch.cuda.is_available()
+        self.host, self.cuda = self._reset_host(), torch.cuda.is_available()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
+        self.highest: dict[str, int | None] = {"host": None, "device": None}
 
-    def read(self) -> dict:
+    def _reset_host(self) -> bool:
+        try:
+            self.CLEAR_REFS.write_text("5")  # 5: reset the peak resident set size to the current one
+            return True
+        except OSError:
+            return False
+
+    def _since_reset(self) -> dict:
         host = None
         if self.host:
             line = next(x for x in self.STATUS.read_text().splitlines() if x.startswith("VmHWM:"))
             host = round(int(line.split()[1]) / 1024)  # the line is "VmHWM:   12345 kB"
         return {"host": host, "device": round(torch.cuda.max_memory_allocated() / 2**20) if self.cuda else None}
+
+    def lap(self) -> dict:
+        """The peak since the last lap (or since the object was made); the next lap starts from the current use."""
+        peak = self._since_reset()
+        self.highest = {k: v if self.highest[k] is None else max(v, self.highest[k]) for k, v in peak.items()}
+        self._reset_host()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        return peak
+
+    def read(self) -> dict:
+        now = self._since_reset()
+        return {k: v if self.highest[k] is None else max(v, self.highest[k]) for k, v in now.items()}

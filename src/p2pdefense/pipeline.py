@@ -475,6 +475,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
     checkpoints = _prepare_checkpoints(final_dir, config, overwrite, resume)
     stage_seconds: dict[str, float] = {}
     stage_flops: dict[str, float] = {}
+    stage_memory: dict[str, dict] = {}
     counted = 0.0
 
     def lap(stage: str, since: float) -> float:
@@ -482,6 +483,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
         now = time.perf_counter()
         stage_seconds[stage] = round(now - since, 3)
         stage_flops[stage], counted = float(f"{compute.flops - counted:.4g}"), compute.flops
+        stage_memory[stage] = memory.lap()
         return now
 
     data, cache_hit = prepared_data(config, prepare_data, cache_root())
@@ -589,7 +591,8 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
             save_trained(model, tokenizer, staging / "model")
             lap("write", mark)
             metrics.update(stage_seconds=stage_seconds, stage_flops=stage_flops,
-                           wall_seconds=round(time.perf_counter() - started, 3), peak_memory_mib=memory.read())
+                           wall_seconds=round(time.perf_counter() - started, 3), peak_memory_mib=memory.read(),
+                           stage_peak_memory_mib=stage_memory)
             write_json_atomic(staging / "metrics.json", metrics)  # last: its presence means complete
         shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
