@@ -301,8 +301,10 @@ def test_probe_statistics_are_not_shared_between_numerics(tmp_path, monkeypatch)
     splits = pipeline.Splits(rows, rows, rows, [], [])
     trained = []
 
-    def fake_probe(*args, **kwargs):
+    def fake_probe(*args, checkpoint_dir):
         trained.append(args)
+        # the probe keeps epoch checkpoints beside its cache entry, so a killed run resumes it
+        assert checkpoint_dir.parent == tmp_path / "cache" / "probes" and checkpoint_dir.name.endswith(".checkpoints")
         return ProbeStats([[0.5 * len(trained)] * 4], torch.zeros(4, 2))
 
     monkeypatch.setattr(pipeline, "cache_root", lambda: tmp_path / "cache")
