@@ -469,3 +469,26 @@ def test_workers_start_a_cell_only_when_its_expected_memory_fits(tmp_path, monke
     assert len(nine) == 3 and all("to run" in line for line in nine)
     assert sorted(re.search(r"([0-9.]+) GiB", line).group(1) for line in nine) == sorted(
         f"{peaks[name] / 1024:.1f}" for name in ("none", "none", "p2p"))  # clean and undefended run no defense
+
+
+def test_a_worker_killed_with_sigkill_is_reported_as_likely_out_of_memory_and_the_grid_goes_on(tmp_path,
+                                                                                             monkeypatch):
+    import subprocess
+    import sys
+
+    from p2pdefense import bench
+
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"name": "k", "base": BASE, "set": {"defense.name": "none"},
+                                         "axes": {"seed": [2]}, "baselines": False,
+                                         "output_dir": str(tmp_path / "bench")}), encoding="utf-8")
+    popen = subprocess.Popen
+
+    def killed_worker(command, **kwargs):  # the worker's process dies as under the kernel's OOM killer
+        return popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], **kwargs)
+
+    monkeypatch.setattr(bench.subprocess, "Popen", killed_worker)
+    result = runner.invoke(app, ["bench", str(grid_path), "--workers", "2"], env={"COLUMNS": "300"})
+    assert result.exit_code != 0 and "1 cells failed" in result.output
+    assert "was killed (SIGKILL: where no one sent it, the kernel's out-of-memory killer" in result.output
+    assert bench.exit_reason(1) == "failed (exit status 1)" and bench.exit_reason(-15) == "was killed by SIGTERM"

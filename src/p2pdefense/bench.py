@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -285,6 +286,17 @@ def memory_allows(need_mib: int | None, running: list[tuple[int | None, int]]) -
     return available - growth >= need_mib
 
 
+def exit_reason(returncode: int) -> str:
+    """Why a worker ended without its run: a SIGKILL nobody sent by hand is usually the kernel's out-of-memory
+    killer, and its log then ends mid-work with no error."""
+    if returncode == -signal.SIGKILL:
+        return ("was killed (SIGKILL: where no one sent it, the kernel's out-of-memory killer; `dmesg` says; "
+                "the next bench call continues from its last epoch checkpoint)")
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"failed (exit status {returncode})"
+
+
 def cell_finished(cell: Cell, bench_dir: Path, store: ResultsStore) -> bool:
     """A finished run of the cell's configuration: its run directory, or its row in the (committed) store."""
     return (finished_metrics(bench_dir / "runs" / cell.hash, cell.config) is not None
@@ -518,6 +530,7 @@ def _run_in_workers(cells: list[Cell], bench_dir: Path, store: ResultsStore, wor
                     check_regained(next(c for c in cells if c.hash == digest), bench_dir, store)
             else:
                 tail = (logs / f"{digest}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
-                log.error("cell [%s] failed (log: %s):\n%s", digest, logs / f"{digest}.log", tail)
+                log.error("cell [%s] %s (log: %s):\n%s", digest, exit_reason(process.returncode),
+                          logs / f"{digest}.log", tail)
                 outcome.failed.append(digest)
             progress.advance(bar)
