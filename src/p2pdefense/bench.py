@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .compute import device_kind
+from .compute import device_kind, proc_field_mib
 from .config import ConfigError, RunConfig, apply_overrides, flatten, parse_override, to_yaml, validate_config
 from .pipeline import (
     RunInProgress,
@@ -260,19 +260,11 @@ def expected_peak_mib(cell: Cell, rows: list[dict]) -> int | None:
 
 def available_memory_mib() -> int | None:
     """The memory the kernel can give new work (MemAvailable); None where /proc/meminfo is missing."""
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((int(x.split()[1]) // 1024 for x in lines if x.startswith("MemAvailable:")), None)
+    return proc_field_mib(Path("/proc/meminfo"), "MemAvailable")
 
 
 def _resident_mib(pid: int) -> int:
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:  # ended, or no /proc
-        return 0
-    return next((int(x.split()[1]) // 1024 for x in lines if x.startswith("VmRSS:")), 0)
+    return proc_field_mib(Path(f"/proc/{pid}/status"), "VmRSS") or 0  # 0: the process has ended
 
 
 def memory_allows(need_mib: int | None, running: list[tuple[int | None, int]]) -> bool:

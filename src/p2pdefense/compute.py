@@ -122,6 +122,16 @@ def total_flops(metrics: dict) -> float | None:
     return compute["flops"] + compute.get("cached_flops", 0.0) if compute.get("flops") else None
 
 
+def proc_field_mib(path: Path, field: str) -> int | None:
+    """A memory field of a /proc file ("MemAvailable:   123456 kB" in meminfo, "VmRSS:" in a status file), in MiB;
+    None where the file or the field is missing (the process ended, or no /proc)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) // 1024 for line in lines if line.startswith(f"{field}:")), None)
+
+
 class PeakMemory:
     """The peak memory of this process since the object was made, in MiB: `host`, the resident set (Linux's
     high-water mark VmHWM, reset at the start, so that a bench running runs one after another in one process
@@ -145,10 +155,7 @@ class PeakMemory:
             return False
 
     def _since_reset(self) -> dict:
-        host = None
-        if self.host:
-            line = next(x for x in self.STATUS.read_text().splitlines() if x.startswith("VmHWM:"))
-            host = round(int(line.split()[1]) / 1024)  # the line is "VmHWM:   12345 kB"
+        host = proc_field_mib(self.STATUS, "VmHWM") if self.host else None
         return {"host": host, "device": round(torch.cuda.max_memory_allocated() / 2**20) if self.cuda else None}
 
     def lap(self) -> dict:
