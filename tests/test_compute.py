@@ -1,8 +1,11 @@
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from p2pdefense.compute import PeakMemory, counting_compute
+from p2pdefense.compute import MALLOC_TRIM, PeakMemory, counting_compute, proc_field_mib, release_memory
 from p2pdefense.models.tiny import build_tiny_llama
 
 
@@ -114,3 +117,21 @@ def test_each_lap_has_its_own_peak_and_the_whole_keeps_the_highest():
     quiet = memory.lap()
     assert allocating["host"] - quiet["host"] >= 200  # the second lap started after the block was freed
     assert memory.read()["host"] >= allocating["host"]
+
+
+@pytest.mark.skipif(MALLOC_TRIM is None or not PeakMemory.CLEAR_REFS.exists(),
+                    reason="glibc's malloc_trim and Linux's /proc")
+def test_release_memory_hands_back_what_the_c_heap_kept_after_a_free():
+    def resident() -> int:
+        return proc_field_mib(Path("/proc/self/status"), "VmRSS")
+
+    before = resident()
+    blocks = [bytearray(64 * 1024) for _ in range(4096)]  # 256 MiB in the C heap's small chunks, touched
+    kept = bytearray(b"x" * 64 * 1024)  # allocated after them: the heap's top stays in use
+    del blocks
+    gc.collect()
+    freed = resident()
+    release_memory()
+    assert freed - resident() >= 200  # the heap held the freed chunks; release handed them back
+    assert resident() - before < 100
+    assert kept == b"x" * 64 * 1024

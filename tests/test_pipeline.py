@@ -137,6 +137,23 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == [".broken.checkpoints"]
 
 
+def test_memory_freed_by_a_stage_is_released_before_the_next_stage_peak_is_measured(tmp_path, monkeypatch):
+    config = load_config(None, [f"output_dir={tmp_path}", "name=released", "data.synthetic.train_rows=60",
+                                "train.epochs=1", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300"])
+    events = []
+    real_lap = pipeline.PeakMemory.lap
+
+    def lap(memory):
+        events.append("lap")
+        return real_lap(memory)
+
+    monkeypatch.setattr(pipeline, "release_memory", lambda: events.append("release"))
+    monkeypatch.setattr(pipeline.PeakMemory, "lap", lap)
+    _, metrics = pipeline.run(config)
+    # once before the run's measure starts (what an earlier run in this process freed), then before every lap
+    assert events == ["release"] + ["release", "lap"] * len(metrics["stage_seconds"])
+
+
 def test_a_failed_write_keeps_the_staging_directory_and_resume_finishes_without_training(tmp_path, monkeypatch):
     config = load_config(None, [f"output_dir={tmp_path}", "name=full-disk", "data.synthetic.train_rows=60",
                                 "train.epochs=2", "model.tiny.hidden_size=16", "model.tiny.vocab_size=300"])

@@ -22,7 +22,16 @@ from accelerate.utils import set_seed
 
 from . import report
 from .attacks import build_attack
-from .compute import ComputeCount, PeakMemory, counting_compute, credit_cached, device_kind, partial_count, total_flops
+from .compute import (
+    ComputeCount,
+    PeakMemory,
+    counting_compute,
+    credit_cached,
+    device_kind,
+    partial_count,
+    release_memory,
+    total_flops,
+)
 from .config import RunConfig, flatten, to_yaml
 from .data import Example, LoadResult, load_examples
 from .datacache import PreparedData, prepared_data
@@ -425,6 +434,7 @@ def run(config: RunConfig, overwrite: bool = False, run_dir: Path | None = None,
     trained_from: the finished undefended run of this configuration, whose trained model this run takes instead
     of training the same model again (only for a defense that changes nothing before the trained model: STRIP,
     fine-tuning, CROW, Wanda, CleanGen). Its training time and compute are counted as this run's."""
+    release_memory()  # a bench running runs in one process: the run before this one freed its memory
     started, memory = time.perf_counter(), PeakMemory()
     final_dir = run_dir or Path(config.output_dir) / config.run_name
     with run_lock(final_dir):
@@ -483,6 +493,7 @@ def _run(config: RunConfig, overwrite: bool, final_dir: Path, resume: bool, star
         now = time.perf_counter()
         stage_seconds[stage] = round(now - since, 3)
         stage_flops[stage], counted = float(f"{compute.flops - counted:.4g}"), compute.flops
+        release_memory()  # what the stage freed goes back to the system, so the next stage's peak is its own
         stage_memory[stage] = memory.lap()
         return now
 
